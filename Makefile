@@ -1,0 +1,38 @@
+# The README's two commands: `make run` (install, then the default pipeline) and `make test` (install, then tests).
+# Installation happens once per requirements/pyproject content: a stamp file in the venv records it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
+PARAMS ?= params/default.yaml
+
+.PHONY: setup run smoke test bench lab clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: setup
+	$(PY) -m wafersage_utils.pipeline $(PARAMS)
+
+smoke: setup
+	$(PY) -m wafersage_utils.pipeline params/smoke.yaml
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) tests/benchmarks/bench_features.py
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

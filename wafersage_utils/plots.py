@@ -1,0 +1,83 @@
+"""Figures shared by the notebooks, all in the fixed palette of :data:`.conventions.PALETTE`."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.colors import ListedColormap
+
+from .conventions import PALETTE
+
+WAFER_CMAP = ListedColormap([np.array(c) / 255.0 for c in PALETTE])
+
+
+def show_map(ax, m: np.ndarray, title: str = "") -> None:
+    """Draw one wafer map (no die / pass / fail) without axes."""
+    ax.imshow(m, cmap=WAFER_CMAP, vmin=0, vmax=2, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def map_grid(rows: list[tuple[str, list[np.ndarray], list[str]]], ncols: int, cell: float = 1.2):
+    """A grid of maps: one row per (row label, maps, titles)."""
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(ncols * cell, len(rows) * cell * 1.1), squeeze=False)
+    for r, (label, maps, titles) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c < len(maps):
+                show_map(ax, maps[c], titles[c] if c < len(titles) else "")
+            else:
+                ax.set_axis_off()
+        axes[r, 0].text(-0.1, 0.5, label, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def class_counts(before: pd.Series, after: pd.Series, title: str = "Maps per label"):
+    """Side-by-side bar chart of label counts before and after cleaning."""
+    df = pd.DataFrame({"before cleaning": before, "after cleaning (kept)": after}).fillna(0).sort_values("before cleaning")
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(df))))
+    df.plot.barh(ax=ax, width=0.8)
+    ax.set_xlabel("maps")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_scatter(xy: np.ndarray, labels, quarantined: np.ndarray, title: str):
+    """2-D embedding coloured by label, quarantined maps ringed in black."""
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    sns.scatterplot(x=xy[:, 0], y=xy[:, 1], hue=np.asarray(labels), s=8, linewidth=0, ax=ax, palette="tab20")
+    q = np.asarray(quarantined, dtype=bool)
+    ax.scatter(xy[q, 0], xy[q, 1], s=30, facecolors="none", edgecolors="black", linewidths=0.7, label="quarantined")
+    ax.legend(fontsize=6, markerscale=1.5, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def confusion(y_true, y_pred, labels: list[str], title: str):
+    """Row-normalised confusion matrix heat map."""
+    from sklearn.metrics import confusion_matrix
+    cm = confusion_matrix(y_true, y_pred, labels=labels, normalize="true")
+    fig, ax = plt.subplots(figsize=(0.55 * len(labels) + 2, 0.5 * len(labels) + 1.5))
+    sns.heatmap(cm, annot=True, fmt=".2f", cmap="Blues", xticklabels=labels, yticklabels=labels, ax=ax,
+                cbar=False, annot_kws={"fontsize": 6})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("label")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def examples_by_class(groups: dict[str, list[tuple[str, list[np.ndarray]]]], ncols: int):
+    """Rows 'class · source' of example maps, e.g. synthetic next to real for each class."""
+    rows = []
+    for cls, sources in groups.items():
+        for source, maps in sources:
+            rows.append((f"{cls} · {source}", maps[:ncols], []))
+    return map_grid(rows, ncols)

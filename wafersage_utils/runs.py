@@ -1,0 +1,132 @@
+"""The run folder: what a stage writes and where, the environment record, and the status file.
+
+results/<run>/
+    params.yaml           resolved params of the last invocation
+    environment.json      git commit and dirty flag, package versions, device, threads
+    status.json           per stage: state, wall time, fingerprint
+    NN_stage.ipynb        executed notebooks
+    metrics/NN_stage.json one metrics file per stage
+    figures/fig_*.png     figures
+    tables/*.csv          small tables
+    data/                 heavy artefacts (git-ignored)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TRACKED_PACKAGES = ("wafersage_utils", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "cleanlab", "torch",
+                    "torchvision", "transformers", "peft", "trl", "datasets", "accelerate", "papermill",
+                    "matplotlib", "seaborn")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def git_state(root: Path = PROJECT_ROOT) -> dict:
+    """Commit and dirty flag of the working tree ('unknown' outside git)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": "unknown", "dirty": None}
+    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+    return {"commit": head.stdout.strip(), "dirty": dirty}
+
+
+def environment_record() -> dict:
+    """What ran: git state, Python, package versions, device and thread counts."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    import torch
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"git": git_state(), "python": platform.python_version(), "platform": platform.platform(),
+            "packages": versions, "device": device, "cuda": torch.cuda.is_available(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+@dataclass
+class Stage:
+    """A stage's handle on its run folder, opened at the top of each notebook."""
+
+    run_dir: Path
+    stem: str
+
+    def path(self, *parts: str) -> Path:
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def data(self) -> Path:
+        d = self.run_dir / "data"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def save_figure(self, fig, slug: str) -> Path:
+        """Save a matplotlib figure as figures/fig_<slug>.png."""
+        out = self.path("figures", f"fig_{slug}.png")
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+        return out
+
+    def save_table(self, df, name: str) -> Path:
+        out = self.path("tables", f"{name}.csv")
+        atomic_write_text(out, df.to_csv(index=False))
+        return out
+
+    def write_metrics(self, metrics: dict) -> Path:
+        out = self.path("metrics", f"{self.stem}.json")
+        write_json(out, metrics)
+        return out
+
+
+def open_stage(run_dir: str, stem: str, seed: int, n_threads: int) -> Stage:
+    """Create the run folder, seed every generator and fix the thread count; returns the stage handle."""
+    import torch
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if n_threads > 0:
+        torch.set_num_threads(n_threads)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n_threads)
+    root = Path(run_dir).resolve()
+    for sub in ("metrics", "figures", "tables", "data"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return Stage(root, stem)
