@@ -92,3 +92,11 @@ def classification_report(y_true, y_pred, labels: list[str] | None = None) -> di
     return {"accuracy": float(accuracy_score(y_true, y_pred)),
             "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
             "per_class_recall": {lab: float(r) for lab, r in zip(labels, recall)}, "n": int(len(y_true))}
+
+
+def pattern_f1(y_true, y_pred) -> float:
+    """Macro-F1 over the eight patterns in the multi-label view of label keys ('none' has no pattern)."""
+    from sklearn.metrics import f1_score
+    T, Pm = label_matrix(y_true), label_matrix(y_pred)
+    present = T.sum(0) > 0
+    return float(f1_score(T[:, present], Pm[:, present], average="macro", zero_division=0))

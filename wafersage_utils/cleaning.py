@@ -5,8 +5,8 @@ Two independent witnesses judge each given label:
   cleanlab, estimates how many labels are wrong), and
 - K-Means clusters fitted within each label: a map that lies nearer to another label's clusters than
   to its own is suspect.
-Their combination ranks the maps; the confident-learning estimate of the number of label errors sets how
-many are quarantined. Quarantined maps are kept with a suggested label, never deleted.
+A map is quarantined when confident learning flags it and its clusters do not vouch for its label; the two
+combine into a consistency score for ranking. Quarantined maps are kept with a suggested label, never deleted.
 """
 from __future__ import annotations
 
@@ -82,20 +82,19 @@ def cluster_agreement(Z: np.ndarray, keys: np.ndarray, lc: LabelClusters) -> pd.
                          "cluster": own_cluster, "cluster_agreement": d_oth / (d_own + d_oth + 1e-12)})
 
 
-def find_label_issues(Y: np.ndarray, P: np.ndarray, agreement: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray, int]:
-    """Consistency score per map and the quarantine mask.
+def find_label_issues(Y: np.ndarray, P: np.ndarray, agreement: np.ndarray, weight: float,
+                      cluster_veto: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Consistency score per map, the quarantine mask, and confident learning's count of label errors.
 
-    consistency = weight * cleanlab's multi-label quality of the given labels + (1 - weight) * cluster
-    agreement; the n maps of lowest consistency are quarantined, n being the number of label errors that
-    confident learning finds.
+    A map is quarantined when confident learning (cleanlab, multi-label, out-of-fold probabilities P)
+    flags its given labels and its clusters do not vouch for them: its cluster agreement
+    d_other / (d_own + d_other) is below `cluster_veto` (0.5 means equally near another label's clusters).
+    consistency = weight * cleanlab's label quality + (1 - weight) * cluster agreement, for ranking.
     """
     given = [list(np.flatnonzero(row)) for row in Y]
-    quality = get_label_quality_scores(given, P)
-    n_issues = int(cl_find_label_issues(given, P, filter_by="confident_learning").sum())
-    consistency = weight * quality + (1.0 - weight) * agreement
-    quarantine = np.zeros(len(Y), dtype=bool)
-    quarantine[np.argsort(consistency, kind="stable")[:n_issues]] = True
-    return consistency, quarantine, n_issues
+    flagged = cl_find_label_issues(given, P, filter_by="confident_learning")
+    consistency = weight * get_label_quality_scores(given, P) + (1.0 - weight) * agreement
+    return consistency, flagged & (agreement < cluster_veto), int(flagged.sum())
 
 
 def detection_rates(quarantined: np.ndarray, truly_noisy: np.ndarray) -> dict[str, float]:

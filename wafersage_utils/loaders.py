@@ -12,6 +12,7 @@ import io
 import logging
 import lzma
 import pickle
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ _NAME_ALIASES = {("pandas.core.indexes.base", n): "Index" for n in ("Int64Index"
 
 #: (module, name) pairs a pickled DataFrame of arrays and strings may reference.
 ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
-    ("builtins", "slice"), ("copyreg", "_reconstructor"), ("builtins", "object"),
+    ("builtins", "slice"), ("builtins", "bytearray"), ("copyreg", "_reconstructor"), ("builtins", "object"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
     ("numpy._core.numeric", "_frombuffer"),
@@ -148,8 +149,9 @@ def load_mixedwm38(path: str | Path, value3: str = "fail", max_maps: int | None 
         with np.load(path, allow_pickle=False) as z:
             maps, hot = z["arr_0"], z["arr_1"]
     except KeyError as exc:
-        raise ValueError(f"{path}: missing array {exc}; expected 'arr_0' (maps) and 'arr_1' (labels)") from exc
-    except (OSError, ValueError, EOFError) as exc:
+        missing = "arr_0" if "arr_0" in str(exc) else "arr_1"
+        raise ValueError(f"{path}: missing array '{missing}'; expected 'arr_0' (maps) and 'arr_1' (labels)") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: truncated or unreadable .npz ({exc})") from exc
     if maps.ndim != 3 or hot.shape != (len(maps), len(PATTERNS)):
         raise ValueError(f"{path}: expected arr_0 (N, H, W) and arr_1 (N, 8); got {maps.shape} and {hot.shape}")

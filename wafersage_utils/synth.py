@@ -97,7 +97,7 @@ def _draw_pattern(name: str, rng: np.random.Generator, lot: dict) -> dict:
         rad, ang = float(rng.uniform(0.15, 0.65)), float(rng.uniform(0, 360))
         a = max(float(rng.uniform(0.09, 0.2)), 2.0 * die)
         g.update(cx=rad * np.sin(np.radians(ang)), cy=rad * np.cos(np.radians(ang)), a=a,
-                 b=a * float(rng.uniform(0.55, 1.0)), rotation=float(rng.uniform(0, 180)))
+                 b=max(a * float(rng.uniform(0.55, 1.0)), 1.5 * die), rotation=float(rng.uniform(0, 180)))
     elif name == "Scratch":
         g.update(_draw_scratch(rng, lot))
     elif name == "Random":
@@ -108,20 +108,24 @@ def _draw_pattern(name: str, rng: np.random.Generator, lot: dict) -> dict:
 
 
 def _draw_scratch(rng: np.random.Generator, lot: dict) -> dict:
-    """A curved thin line: start point, heading (clock degrees), length and signed curvature."""
+    """A curved thin line: start point, heading (clock degrees), length and signed curvature.
+
+    Redrawn (up to 20 times) until at least 80% of its length lies on the wafer.
+    """
     length = max(float(rng.uniform(0.6, 1.5)), 10 * lot["die"])
     heading = float((lot["scratch_heading"] + rng.normal(0, 30)) % 360)
     curvature = float(rng.uniform(-1.2, 1.2))
-    start_r, start_a = float(np.sqrt(rng.uniform(0.0, 0.55))), float(rng.uniform(0, 360))
-    x0, y0 = start_r * np.sin(np.radians(start_a)), start_r * np.cos(np.radians(start_a))
-    # Centre the chord on the start point so most of the line stays on the wafer.
-    x0 -= 0.5 * length * np.sin(np.radians(heading))
-    y0 -= 0.5 * length * np.cos(np.radians(heading))
-    pts = scratch_points({"x0": x0, "y0": y0, "heading": heading, "length": length, "curvature": curvature})
-    inside = np.hypot(pts[:, 0], pts[:, 1]) <= 0.97
-    return {"x0": float(x0), "y0": float(y0), "heading": heading, "length": length, "curvature": curvature,
-            "width_dies": float(rng.uniform(0.7, 1.4)), "on_wafer": float(inside.mean()),
-            "density": float(rng.uniform(0.75, 1.0))}
+    for _ in range(20):
+        start_r, start_a = float(np.sqrt(rng.uniform(0.0, 0.5))), float(rng.uniform(0, 360))
+        # Centre the chord on the drawn point so that most of the line stays on the wafer.
+        x0 = start_r * np.sin(np.radians(start_a)) - 0.5 * length * np.sin(np.radians(heading))
+        y0 = start_r * np.cos(np.radians(start_a)) - 0.5 * length * np.cos(np.radians(heading))
+        g = {"x0": float(x0), "y0": float(y0), "heading": heading, "length": length, "curvature": curvature}
+        on_wafer = float((np.hypot(*scratch_points(g).T) <= 0.97).mean())
+        if on_wafer >= 0.8:
+            break
+    return g | {"width_dies": float(rng.uniform(0.7, 1.4)), "on_wafer": on_wafer,
+                "density": float(rng.uniform(0.75, 1.0))}
 
 
 def scratch_points(g: dict, n: int = 96) -> np.ndarray:
@@ -156,7 +160,7 @@ def pattern_field(g: dict, x: np.ndarray, y: np.ndarray, height: int, width: int
         u = (x - g["cx"]) * np.cos(t) + (y - g["cy"]) * np.sin(t)
         v = -(x - g["cx"]) * np.sin(t) + (y - g["cy"]) * np.cos(t)
         d = np.sqrt((u / g["a"]) ** 2 + (v / g["b"]) ** 2)
-        return dens * _sigmoid((1.0 - d) * g["b"] / soft)
+        return dens * _sigmoid((1.0 - d) * 2.0 * g["b"] / soft)  # plateau inside, half-die edge
     if name == "Scratch":
         pts = scratch_points(g)
         d = np.min(np.hypot(x[..., None] - pts[:, 0], y[..., None] - pts[:, 1]), axis=-1)

@@ -46,7 +46,7 @@ def check_map(m, row: str) -> np.ndarray:
         raise ValueError(f"{row}: wafer_map is empty (shape {m.shape})")
     bad = m[(m != 0) & (m != 1) & (m != 2)]
     if bad.size:
-        raise ValueError(f"{row}: wafer_map holds value {bad.flat[0]!r}; expected 0 (no die), 1 (pass) or 2 (fail)")
+        raise ValueError(f"{row}: wafer_map holds value {int(bad.flat[0])}; expected 0 (no die), 1 (pass) or 2 (fail)")
     if not (m > 0).any():
         raise ValueError(f"{row}: wafer_map has no die (all zeros)")
     return m

@@ -1,0 +1,30 @@
+"""Shared fixtures: small generated data sets and the public samples beside the project (skipped if absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wafersage_utils import loaders, synth
+
+
+def real_file(source: str) -> Path:
+    """The public sample for a source, or skip with the reason."""
+    path = Path(os.environ.get(loaders.DATA_ENV[source], "") or loaders.DEFAULT_FILES[source])
+    if not path.exists():
+        pytest.skip(f"{path} not present: the public {source} sample lives in ../shared/data "
+                    f"(or set ${loaders.DATA_ENV[source]})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_synth():
+    """600 generated maps with 10% injected label noise, shared across tests (read-only)."""
+    return synth.generate(synth.SynthConfig(n_wafers=600, seed=7, mixed_fraction=0.0, label_noise=0.1))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

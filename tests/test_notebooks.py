@@ -1,0 +1,50 @@
+"""Committed notebooks are clean, and stage 01 runs headless with smoke.yaml."""
+import json
+from pathlib import Path
+
+import pytest
+
+from wafersage_utils import pipeline, table
+from wafersage_utils.params import notebook_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_has_no_outputs_and_one_parameters_cell(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{path.name}: strip outputs"
+    assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code) == 1
+    params = notebook_parameters(path)
+    assert {"run_dir", "seed", "n_threads"} <= set(params)
+    assert all(p.help for p in params.values()), "every parameter carries a trailing comment"
+    first = nb["cells"][0]
+    assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")
+
+
+def test_notebooks_are_numbered_in_run_order():
+    stems = [p.stem for p in NOTEBOOKS]
+    assert stems == sorted(stems) and stems[0] == "01_clean"
+
+
+@pytest.mark.slow
+def test_stage_01_with_smoke_params(tmp_path):
+    run = pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01", results_dir=tmp_path)
+    m = json.loads((run / "metrics" / "01_clean.json").read_text())
+    for key in ("n_maps", "n_quarantined", "noise/precision", "noise/recall", "split/shared_lots",
+                "baseline/accuracy", "baseline/macro_f1", "features/maps_per_second"):
+        assert key in m, key
+    assert m["n_maps"] == 400 and m["split/shared_lots"] == 0
+    assert 0 < m["n_quarantined"] < 120 and m["noise/injected"] == 40
+    assert m["noise/recall"] > 0.5 and m["noise/precision"] > 0.3
+    assert m["baseline/accuracy"] > m["baseline/majority_accuracy"] + 0.3
+    figs = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"fig_class_counts.png", "fig_embedding_tsne.png", "fig_quarantined_given_vs_suggested.png",
+            "fig_examples_typical_and_hard.png", "fig_baseline_confusion.png"} <= figs
+    maps = table.read_table(run / "data" / "maps.parquet")
+    assert len(maps) == 400 and set(maps.split) == {"train", "val", "test"}
+    assert maps.loc[maps.quarantined, "suggested"].notna().all()
+    assert not (maps.quarantined & (maps.role != "")).any()
+    assert (run / "01_clean.ipynb").exists()

@@ -1,0 +1,93 @@
+"""The generator: deterministic, and every pattern lands where its geometry says."""
+import json
+
+import numpy as np
+import pytest
+
+from wafersage_utils import synth
+from wafersage_utils.conventions import FAIL, clock_sector, label_key, polar, zone_index
+
+
+def _one(name: str, seed: int = 0, **geom) -> tuple[np.ndarray, dict]:
+    rng = np.random.default_rng(seed)
+    lot = {"angle": 90.0, "scratch_heading": 45.0, "die": 2.0 / 40}
+    g = synth._draw_pattern(name, rng, lot) | geom
+    return synth.render_map(40, 40, [g], 0.0, rng), g
+
+
+def test_same_seed_same_data_and_different_seed_different_data():
+    cfg = synth.SynthConfig(n_wafers=60, seed=3)
+    a, b = synth.generate(cfg), synth.generate(cfg)
+    assert all(np.array_equal(x, y) for x, y in zip(a.wafer_map, b.wafer_map))
+    assert list(a.labels) == list(b.labels) and list(a.geometry) == list(b.geometry)
+    c = synth.generate(synth.SynthConfig(n_wafers=60, seed=4))
+    assert not all(np.array_equal(x, y) for x, y in zip(a.wafer_map, c.wafer_map))
+
+
+def test_center_blob_lands_in_the_center_zone():
+    m, _ = _one("Center", cx=0.0, cy=0.0, radius=0.2, density=1.0)
+    r, _ = polar(*m.shape)
+    fails = m == FAIL
+    assert fails.sum() > 20
+    assert (zone_index(r[fails]) == 0).mean() > 0.95
+
+
+def test_edge_ring_covers_every_edge_sector():
+    m, _ = _one("Edge-Ring", width=0.12, density=0.95)
+    r, theta = polar(*m.shape)
+    fails = m == FAIL
+    assert (r[fails] >= 0.75).mean() > 0.97  # soft inner boundary: a rare fail just inside
+    assert set(clock_sector(theta[fails])) == set(range(12))
+
+
+def test_edge_loc_stays_within_its_arc():
+    m, _ = _one("Edge-Loc", angle=90.0, span=60.0, depth=0.3, density=1.0)
+    r, theta = polar(*m.shape)
+    fails = m == FAIL
+    assert fails.sum() > 5 and (r[fails] > 0.6).all()
+    assert set(clock_sector(theta[fails])) <= {2, 3, 4}
+
+
+def test_scratch_from_2_to_8_oclock_is_reported_there():
+    # A straight chord through the centre from 2 o'clock (60 deg) towards 8 o'clock (240 deg).
+    x0, y0 = 0.8 * np.sin(np.radians(60)), 0.8 * np.cos(np.radians(60))
+    m, _ = _one("Scratch", x0=x0, y0=y0, heading=240.0, length=1.6, curvature=0.0, width_dies=1.0, density=1.0)
+    r, theta = polar(*m.shape)
+    fails = m == FAIL
+    sectors = set(clock_sector(theta[fails & (r > 0.4)]))
+    assert sectors <= {1, 2, 3, 7, 8, 9} and {2, 8} <= sectors
+    assert fails.sum() < 0.1 * (m > 0).sum()  # thin
+
+
+def test_noise_rate_is_exact_and_keeps_the_true_label(small_synth):
+    given = small_synth.labels.map(label_key)
+    true = small_synth.labels_true.map(label_key)
+    assert (given != true).sum() == 60
+    for g, t in zip(given[given != true], true[given != true]):
+        assert g in synth.CONFUSIONS[t], f"{t} mislabelled {g}: not a listed realistic confusion"
+    geoms = [json.loads(x) for x in small_synth.geometry]
+    assert all({p["type"] for p in g["patterns"]} == set(t.split("+")) - {"none"} for g, t in zip(geoms, true))
+
+
+def test_lots_share_a_die_grid():
+    df = synth.generate(synth.SynthConfig(n_wafers=200, seed=1))
+    assert (df.groupby("lot")[["height", "width"]].nunique() == 1).all().all()
+    assert df.lot.nunique() >= 200 // 25
+
+
+def test_class_mix_balanced_and_natural():
+    bal = synth.generate(synth.SynthConfig(n_wafers=900, seed=2, mixed_fraction=0.0, label_noise=0.0, lot_affinity=0.0))
+    counts = bal.labels_true.map(label_key).value_counts()
+    assert counts.min() > 60 and counts.max() < 150
+    nat = synth.generate(synth.SynthConfig(n_wafers=900, seed=2, class_mix="natural", mixed_fraction=0.0,
+                                           label_noise=0.0, lot_affinity=0.0))
+    assert nat.labels_true.map(label_key).value_counts().index[0] == "none"
+    with pytest.raises(ValueError, match="class_mix"):
+        synth.class_probabilities("uniformish")
+
+
+def test_mixed_maps_follow_mixedwm38_groups():
+    df = synth.generate(synth.SynthConfig(n_wafers=300, seed=5, mixed_fraction=1.0, label_noise=0.0))
+    for labels in df.labels_true:
+        assert 2 <= len(labels) <= 4
+        assert not {"Center", "Donut"} <= set(labels) and not {"Edge-Loc", "Edge-Ring"} <= set(labels)
