@@ -25,6 +25,7 @@ RADON_ANGLES = (0, 30, 60, 90, 120, 150)  # projection directions, degrees
 RADON_BINS = 12  # bins of the signed distance t in [-1, 1]
 GRID = 12  # downsampled map is GRID x GRID
 MIN_REGION = 3  # dies; smaller failing regions are noise
+N_CLUSTERED = N_RINGS + N_SECTORS + 12  # ring, sector and zone x quadrant densities of clustered fails
 _STRUCT = np.ones((3, 3), dtype=bool)  # 8-connectivity
 
 REGION_NAMES = ("n_regions", "main_area", "main_share", "main_r", "main_sin", "main_cos", "main_major",
@@ -41,7 +42,12 @@ def feature_names() -> list[str]:
     names = ["fail_ratio", "log_dies"]
     for block, n in _bin_blocks():
         names += [f"{block}_{i}" for i in range(n)]
-    names += [f"radon{a}_{s}" for a in RADON_ANGLES for s in ("max", "std")] + ["grid_max", "grid_top4", "grid_std"]
+    summary = ([f"radon{a}_{s}" for a in RADON_ANGLES for s in ("max", "std")] + ["radon_any_max", "radon_any_std"]
+               + ["grid_max", "grid_top4", "grid_std"])
+    names += summary
+    # The same location-free view of the clustered fails only (background removed).
+    names += [f"clustered_{b}_{i}" for b, n in _bin_blocks()[:3] for i in range(n)]
+    names += [f"clustered_{x}" for x in summary]
     return names + list(REGION_NAMES)
 
 
@@ -76,7 +82,7 @@ def _bin_matrix(height: int, width: int) -> np.ndarray:
 def _summaries(dens: np.ndarray, dcount: np.ndarray) -> np.ndarray:
     """Location-free summaries of the binned densities (N, n_bins) and die counts per bin.
 
-    Max and std of each Radon projection; for the downsampled grid (cells with at least 2 dies), the
+    Max and std of each Radon projection and their largest over directions; for the downsampled grid (cells with at least 2 dies), the
     max, the mean of the top 4 and the std of the cell densities: a local cluster anywhere shows up.
     """
     start = N_RINGS + N_SECTORS + 12
@@ -84,6 +90,7 @@ def _summaries(dens: np.ndarray, dcount: np.ndarray) -> np.ndarray:
     for k in range(len(RADON_ANGLES)):
         proj = dens[:, start + k * RADON_BINS: start + (k + 1) * RADON_BINS]
         out += [proj.max(axis=1), proj.std(axis=1)]
+    out += [np.max(out[0::2], axis=0), np.max(out[1::2], axis=0)]  # strongest line in any direction
     g0 = start + len(RADON_ANGLES) * RADON_BINS
     grid = np.where(dcount[:, g0: g0 + GRID * GRID] >= 2, dens[:, g0: g0 + GRID * GRID], 0.0)
     top = np.sort(grid, axis=1)[:, -4:]
@@ -91,17 +98,40 @@ def _summaries(dens: np.ndarray, dcount: np.ndarray) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
-def _filtered_fails(fails: np.ndarray) -> np.ndarray:
-    """Fails that have at least two failing 8-neighbours (drops isolated background fails); (N, H, W)."""
-    n, h, w = fails.shape
+def neighbour_threshold(fail_ratio: np.ndarray, alpha: float = 0.05) -> np.ndarray:
+    """Failing 8-neighbours a fail needs to count as clustered, per map: the smallest k >= 2 that random
+    background at the map's own fail ratio reaches with probability below alpha (binomial tail)."""
+    from scipy.stats import binom
+    p = np.clip(np.asarray(fail_ratio, dtype=np.float64), 0.0, 1.0)
+    ks = np.arange(2, 9)
+    tail = binom.sf(ks[None, :] - 1, 8, p[:, None])  # P(X >= k), (N, 7)
+    ok = tail < alpha
+    return np.where(ok.any(1), ks[np.argmax(ok, axis=1)], 9)
+
+
+def _neighbour_count(mask: np.ndarray) -> np.ndarray:
+    """Number of set 8-neighbours of every cell of a stack (N, H, W), as uint8."""
+    n, h, w = mask.shape
     pad = np.zeros((n, h + 2, w + 2), dtype=np.uint8)
-    pad[:, 1:-1, 1:-1] = fails
+    pad[:, 1:-1, 1:-1] = mask
     nb = np.zeros((n, h, w), dtype=np.uint8)
     for dr in range(3):
         for dc in range(3):
             if dr != 1 or dc != 1:
                 nb += pad[:, dr: dr + h, dc: dc + w]
-    return fails & (nb >= 2)
+    return nb
+
+
+def _filtered_fails(fails: np.ndarray, fail_ratio: np.ndarray, grow_steps: int = 3) -> np.ndarray:
+    """Clustered fails of a stack (N, H, W), by hysteresis: seeds have enough failing neighbours to be
+    unlikely as background at the map's fail ratio; fails with two failing neighbours that touch a seed
+    join it (a few steps), so thin scratches survive on a noisy background."""
+    nb = _neighbour_count(fails)
+    seeds = fails & (nb >= neighbour_threshold(fail_ratio)[:, None, None])
+    weak = fails & (nb >= 2)
+    for _ in range(grow_steps):
+        seeds = seeds | (weak & (_neighbour_count(seeds) > 0))
+    return seeds
 
 
 def _region_features(filt: np.ndarray, n_dies: np.ndarray) -> np.ndarray:
@@ -175,8 +205,11 @@ def _features_stack(maps: np.ndarray) -> np.ndarray:
     dens = fcount / np.maximum(dcount, 1.0)
     n_dies = dies.reshape(n, -1).sum(1).astype(np.float64)
     head = np.stack([fails.reshape(n, -1).sum(1) / np.maximum(n_dies, 1), np.log(np.maximum(n_dies, 1))], 1)
-    region = _region_features(_filtered_fails(fails), np.maximum(n_dies, 1))
-    return np.hstack([head, dens, _summaries(dens, dcount), region]).astype(np.float32)
+    filt = _filtered_fails(fails, head[:, 0])
+    dens_c = (filt.reshape(n, -1).astype(np.float32) @ mat) / np.maximum(dcount, 1.0)
+    region = _region_features(filt, np.maximum(n_dies, 1))
+    return np.hstack([head, dens, _summaries(dens, dcount), dens_c[:, :N_CLUSTERED], _summaries(dens_c, dcount),
+                      region]).astype(np.float32)
 
 
 def extract_features(maps, batch_size: int = 4096, progress: bool = False) -> np.ndarray:
@@ -205,17 +238,18 @@ def features_reference(m: np.ndarray) -> np.ndarray:
     h, w = m.shape
     fails, dies = (m == FAIL).ravel(), (m > 0).ravel()
     n_dies = max(dies.sum(), 1)
-    dens, dcount = [], []
-    for (_, nb), idx in zip(_bin_blocks(), _bin_indices(h, w)):
-        fc = np.bincount(idx, weights=fails, minlength=nb)
-        dc = np.bincount(idx, weights=dies, minlength=nb)
-        dens.append(fc / np.maximum(dc, 1.0))
-        dcount.append(dc)
-    dens, dcount = np.concatenate(dens)[None, :], np.concatenate(dcount)[None, :]
+    dens, dens_c, dcount = [], [], []
     head = [fails.sum() / n_dies, np.log(n_dies)]
-    filt = _filtered_fails((m == FAIL)[None])[0]
+    filt = _filtered_fails((m == FAIL)[None], np.array([head[0]]))[0]
+    for (_, nb), idx in zip(_bin_blocks(), _bin_indices(h, w)):
+        dc = np.bincount(idx, weights=dies, minlength=nb)
+        dens.append(np.bincount(idx, weights=fails, minlength=nb) / np.maximum(dc, 1.0))
+        dens_c.append(np.bincount(idx, weights=filt.ravel(), minlength=nb) / np.maximum(dc, 1.0))
+        dcount.append(dc)
+    dens, dens_c, dcount = (np.concatenate(x)[None, :] for x in (dens, dens_c, dcount))
     region = _region_reference(filt, n_dies)
-    return np.concatenate([head, dens[0], _summaries(dens, dcount)[0], region]).astype(np.float32)
+    return np.concatenate([head, dens[0], _summaries(dens, dcount)[0], dens_c[0, :N_CLUSTERED],
+                           _summaries(dens_c, dcount)[0], region]).astype(np.float32)
 
 
 def _region_reference(filt: np.ndarray, n_dies: int) -> np.ndarray:
