@@ -57,3 +57,18 @@ def test_isolated_background_fails_are_not_regions():
 
 def test_progress_and_empty_input():
     assert features.extract_features([]).shape == (0, len(_names()))
+
+
+def test_neighbour_threshold_rises_with_background():
+    k = features.neighbour_threshold(np.array([0.0, 0.05, 0.15, 0.3, 0.9]))
+    assert k[0] == 2 and list(k) == sorted(k) and k[3] >= 4 and k[-1] == 9  # 9: nothing counts as clustered
+
+
+def test_thin_scratch_survives_a_noisy_background():
+    m, r, x, y = _disc()
+    rng = np.random.default_rng(1)
+    m[(r <= 1) & (rng.random(m.shape) < 0.12)] = FAIL
+    line = (np.abs(x - y) < 0.03) & (r < 0.8)  # one-die diagonal line
+    m[line] = FAIL
+    filt = features._filtered_fails((m == FAIL)[None], np.array([(m == FAIL).sum() / (m > 0).sum()]))[0]
+    assert filt[line].mean() > 0.8 and filt[~line & (m == FAIL)].mean() < 0.25

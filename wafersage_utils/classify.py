@@ -36,17 +36,23 @@ def label_matrix(keys) -> np.ndarray:
 
 
 def oof_probabilities(X: np.ndarray, Y: np.ndarray, strata: np.ndarray, groups: np.ndarray, n_folds: int,
-                      model: str, seed: int) -> np.ndarray:
+                      model: str, seed: int, pooled: np.ndarray | None = None, cnn_epochs: int = 10) -> np.ndarray:
     """Out-of-fold probability (N, K) of each pattern being present, folds disjoint by group (lot).
 
-    One binary classifier per pattern, so mixed maps need no class of their own.
+    One binary classifier per pattern on the features, so mixed maps need no class of their own. With
+    `pooled` maps (N, 2, S, S), a small CNN with one output per pattern is trained in the same folds and the
+    two probabilities are averaged: the two views err on different maps.
     """
+    from .embedding import pattern_net_probabilities
     P = np.zeros(Y.shape)
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # rare mixtures have fewer members than folds
         for fold, (tr, te) in enumerate(cv.split(X, strata, groups)):
             P[te] = predict_pattern_probs(fit_pattern_models(X[tr], Y[tr], model, seed + 100 * fold), X[te])
+            if pooled is not None:
+                P[te] = 0.5 * P[te] + 0.5 * pattern_net_probabilities(pooled[tr], Y[tr], pooled[te], cnn_epochs,
+                                                                      seed + fold)
             log.info("out-of-fold probabilities: fold %d/%d done", fold + 1, n_folds)
     return P
 

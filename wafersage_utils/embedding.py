@@ -53,14 +53,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.flip(x, dims=(3,)) if torch.rand(1, generator=gen) < 0.5 else x
 
 
-def train_embedding(pooled: np.ndarray, y: np.ndarray, epochs: int = 8, dim: int = 64, lr: float = 3e-3,
-                    batch_size: int = 128, seed: int = 0) -> tuple[np.ndarray, list[float]]:
-    """Train :class:`MapNet` on integer labels y; return the embedding (N, dim) and per-epoch losses."""
+def _fit(net: MapNet, x: np.ndarray, target: torch.Tensor, loss_fn, epochs: int, lr: float, batch_size: int,
+         seed: int) -> list[float]:
+    """Train `net` with AdamW and rotation/flip augmentation; returns the mean loss per epoch."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = MapNet(int(y.max()) + 1, dim)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    x_all, y_all = torch.from_numpy(pooled), torch.from_numpy(y.astype(np.int64))
+    x_all = torch.from_numpy(x)
     losses = []
     for epoch in range(epochs):
         net.train()
@@ -68,15 +67,39 @@ def train_embedding(pooled: np.ndarray, y: np.ndarray, epochs: int = 8, dim: int
         total = 0.0
         for s in range(0, len(perm), batch_size):
             b = perm[s: s + batch_size]
-            _, logits = net(_augment(x_all[b], gen))
-            loss = F.cross_entropy(logits, y_all[b])
+            _, out = net(_augment(x_all[b], gen))
+            loss = loss_fn(out, target[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += float(loss) * len(b)
         losses.append(total / len(x_all))
-        log.info("embedding epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
+        log.info("epoch %d/%d loss %.4f", epoch + 1, epochs, losses[-1])
     net.eval()
+    return losses
+
+
+def _forward_all(net: MapNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xt = torch.from_numpy(x)
     with torch.no_grad():
-        z = torch.cat([net(x_all[s: s + 512])[0] for s in range(0, len(x_all), 512)])
-    return z.numpy(), losses
+        parts = [net(xt[s: s + 512]) for s in range(0, len(xt), 512)]
+    return torch.cat([p[0] for p in parts]).numpy(), torch.cat([p[1] for p in parts]).numpy()
+
+
+def train_embedding(pooled: np.ndarray, y: np.ndarray, epochs: int = 8, dim: int = 64, lr: float = 3e-3,
+                    batch_size: int = 128, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """Train :class:`MapNet` on integer labels y; return the embedding (N, dim) and per-epoch losses."""
+    torch.manual_seed(seed)
+    net = MapNet(int(y.max()) + 1, dim)
+    losses = _fit(net, pooled, torch.from_numpy(y.astype(np.int64)), F.cross_entropy, epochs, lr, batch_size, seed)
+    return _forward_all(net, pooled)[0], losses
+
+
+def pattern_net_probabilities(train_x: np.ndarray, train_Y: np.ndarray, test_x: np.ndarray, epochs: int = 10,
+                              seed: int = 0) -> np.ndarray:
+    """Train :class:`MapNet` with one sigmoid output per pattern; presence probabilities (N, K) of test_x."""
+    torch.manual_seed(seed)
+    net = MapNet(train_Y.shape[1])
+    _fit(net, train_x, torch.from_numpy(train_Y.astype(np.float32)), F.binary_cross_entropy_with_logits,
+         epochs, 3e-3, 128, seed)
+    return 1.0 / (1.0 + np.exp(-_forward_all(net, test_x)[1]))
