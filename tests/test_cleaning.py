@@ -47,7 +47,7 @@ def test_sampling_takes_typical_and_hard_from_kept_maps(cleaned):
     assert not (df.quarantined & (role != "")).any()
     per = pd.crosstab(df.key, role)
     assert (per["typical"] == 5).all() and (per["hard"] == 3).all()
-    for key, g in df.assign(role=role).groupby("key"):
+    for _, g in df.assign(role=role).groupby("key"):
         assert g.loc[g.role == "typical", "d_own"].mean() < g.loc[g.role == "hard", "d_own"].mean()
 
 

@@ -1,8 +1,7 @@
 """Vectorised features equal the plain per-map computation, and describe geometry sensibly."""
 import numpy as np
-import pytest
 
-from wafersage_utils import features, synth
+from wafersage_utils import features
 from wafersage_utils.conventions import FAIL, NO_DIE, PASS, die_coordinates
 
 

@@ -5,6 +5,7 @@ import pickle
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from tests.conftest import real_file
@@ -37,7 +38,7 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, small_synth):
     before = path.read_bytes()
     bad = small_synth.head(5).copy()
     bad["geometry"] = [object()] * 5  # not serialisable
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowException):
         table.write_table(bad, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["maps.parquet"]

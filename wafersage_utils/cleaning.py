@@ -11,7 +11,6 @@ combine into a consistency score for ranking. Quarantined maps are kept with a s
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import numpy as np

@@ -222,7 +222,7 @@ def extract_features(maps, batch_size: int = 4096, progress: bool = False) -> np
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(maps), desc="features", unit="map")
-    for shape, idx in groups.items():
+    for idx in groups.values():
         for s in range(0, len(idx), batch_size):
             chunk = idx[s: s + batch_size]
             out[chunk] = _features_stack(np.stack([maps[i] for i in chunk]))
