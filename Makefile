@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(PY) tests/benchmarks/bench_features.py
+	$(PY) tests/benchmarks/bench_render.py
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
