@@ -1,0 +1,62 @@
+"""The rule score: the paper's arithmetic, fuzzy hits, and negation handled both ways."""
+import pytest
+
+from wafersage_utils.scoring import RuleParams, clauses, dimension_score, rule_score, term_found
+
+P = RuleParams()
+
+
+@pytest.mark.parametrize("answer, term, found", [
+    ("A dense ring of failures along the edge.", "edge", True),
+    ("Failures concentrate at the wafer centre.", "center", True),  # spelling variant, fuzzy
+    ("There is no scratch on this wafer.", "scratch", False),
+    ("The failures are not at the center but along the edge.", "center", False),
+    ("The failures are not at the center but along the edge.", "edge", True),
+    ("No scratch, but a thin arc near 3 o'clock.", "arc", True),
+    ("A scratch is absent.", "scratch", False),
+    ("Scratches are not observed; a blob sits at mid-radius.", "scratch", False),
+    ("A long scratch runs from 2 to 8 o'clock.", "scratch", True),
+    ("Edge-Ring pattern", "edge ring", True),
+    ("The map shows a donut.", "scratch", False),
+    ("without any random failures", "random", False),
+])
+def test_term_found(answer, term, found):
+    assert term_found(term, answer, P.threshold) is found
+
+
+def test_paper_arithmetic():
+    s = dimension_score("ring at the edge", ["edge", "ring", "mid-radius"], ["center"], P)
+    assert s["C"] == pytest.approx(2 / 3) and s["H"] == 1.0 and s["A"] == 1.0 and s["D"] == pytest.approx(1.0)
+    s = dimension_score("blob at the center near the edge", ["ring"], ["center", "edge", "blob"], P)
+    assert s["C"] == 0 and s["A"] == pytest.approx(0.25) and s["D"] == pytest.approx(0.4 * 0.25)
+    s = dimension_score("one hit", ["hit", "miss", "other"], [], P)
+    assert s["H"] == pytest.approx(0.5) and s["D"] == pytest.approx(0.6 * 0.5 + 0.4)
+
+
+def test_negated_avoid_term_is_not_a_violation():
+    s = dimension_score("The ring is at the edge, not at the center.", ["edge"], ["center"], P)
+    assert s["violations"] == [] and s["A"] == 1.0
+
+
+def test_overall_weights_and_missing_dimensions():
+    rubric = {"spatial": {"must_hit": ["edge"], "must_avoid": ["center"]},
+              "morphology": {"must_hit": ["ring"], "must_avoid": ["scratch"]},
+              "root_cause": {"must_hit": ["etch"], "must_avoid": ["handling"]}}
+    good = rule_score("A continuous ring along the edge, likely plasma etch non-uniformity.", rubric)
+    bad = rule_score("A scratch at the center from wafer handling.", rubric)
+    assert good["S"] == pytest.approx(1.0) and bad["S"] == pytest.approx(0.4 * 0.75)
+    only = rule_score("ring", {"morphology": rubric["morphology"]})
+    assert only["S"] == pytest.approx(1.0) and list(only["dimensions"]) == ["morphology"]
+    with pytest.raises(ValueError):
+        rule_score("x", {})
+    custom = RuleParams(w_hit=0.9, w_avoid=0.1)
+    assert rule_score("scratch", rubric, custom)["S"] < rule_score("scratch", rubric)["S"]
+
+
+def test_clauses_split_on_contrast():
+    assert clauses("No scratch, but a ring. Edge only") == ["no scratch", "a ring", "edge only"]
+
+
+def test_terms_that_carry_their_own_negation():
+    assert term_found("no systematic pattern", "The map shows no systematic pattern.", P.threshold)
+    assert not term_found("ring", "Failures come from wafer handling.", P.threshold)  # no sub-word hits
