@@ -51,3 +51,53 @@ def test_reference_answer_scores_high_and_contradiction_low():
             "center clear; likely an edge non-uniformity in plasma etch during the etch step.")
     bad = "A scratch runs through the center, a blob at mid-radius; handling damage is the likely cause."
     assert rule_score(good, t)["S"] > 0.85 and rule_score(bad, t)["S"] < 0.25
+
+
+def _generated_rows(n=120):
+    from wafersage_utils import describe, facts, knowledge, rubric, synth
+    kb = knowledge.load_knowledge()
+    df = synth.generate(synth.SynthConfig(n_wafers=n, seed=3, mixed_fraction=0.1, label_noise=0.0))
+    rows = []
+    for mid, m, labels in zip(df.id, df.wafer_map, df.labels_true):
+        f = facts.measure(m)
+        rows.append((labels, f, describe.grounded_description(mid, labels, f, kb, 0), rubric.rules_rubric(labels, f, kb)))
+    return rows
+
+
+def test_rules_rubric_scores_its_reference_high_and_other_patterns_low():
+    import numpy as np
+    rows = _generated_rows()
+    own = np.array([rule_score(d["full"], r.terms())["S"] for _, _, d, r in rows])
+    pairs = [(rule_score(rows[j][2]["full"], rows[i][3].terms())["S"], own[i])
+             for i in range(len(rows)) for j in (i + 7, i + 13) if rows[j % len(rows)][0] != rows[i][0]
+             for j in [j % len(rows)]]
+    other = np.array([p[0] for p in pairs])
+    assert own.mean() > 0.85 and own.min() > 0.6
+    assert other.mean() < 0.6 and np.mean([o > x for x, o in pairs]) > 0.9
+
+
+def test_grounded_descriptions_claim_only_what_the_facts_show():
+    for labels, f, d, r in _generated_rows(80):
+        spatial = d["spatial"].lower()
+        for z in ("mid-radius", "edge"):
+            if z not in f["zones_with_failures"] and f"in the {z} zone" in spatial:
+                raise AssertionError(f"{labels}: claims a region in the {z} zone; facts: {f['zones_with_failures']}")
+        for reg in f["regions"]:
+            if "from_clock" in reg:
+                assert f"from {reg['from_clock']} to {reg['to_clock']} o'clock" in spatial
+        assert "cause" not in spatial and "may indicate" not in spatial  # spatial-only output has no causes
+        assert set(d["structured"]["defect_types"]) == set(labels)
+        assert not set(d["structured"]["zones"]) - set(f["zones_with_failures"])
+
+
+def test_descriptions_are_seeded_and_varied():
+    from wafersage_utils import describe, facts, knowledge, synth
+    kb = knowledge.load_knowledge()
+    df = synth.generate(synth.SynthConfig(n_wafers=60, seed=4, mixed_fraction=0.0, label_noise=0.0))
+    outs = [describe.grounded_description(i, l, facts.measure(m), kb, 0)["full"]
+            for i, m, l in zip(df.id, df.wafer_map, df.labels_true)]
+    again = [describe.grounded_description(i, l, facts.measure(m), kb, 0)["full"]
+             for i, m, l in zip(df.id, df.wafer_map, df.labels_true)]
+    assert outs == again
+    openers = {o.split(".")[0].split(" pattern")[0][:20] for o in outs}
+    assert len(openers) >= 2 and len(set(outs)) >= 0.9 * len(outs)

@@ -143,6 +143,7 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
     order = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= floor][: rules.max_regions]
     die = 2.0 / np.sqrt(h * w)  # one die, in normalised radius units
     regions = [describe_region(lab == k, x, y, r, theta, die, rules) for k in order]
+    zones_with = [z for z in ZONES if z in zones_with or any(reg["zone"] == z for reg in regions)]
     sym = clustered & clustered[::-1, ::-1]
     return {
         "fail_ratio": round(ratio, 4), "n_dies": n_dies, "n_fail": int(fails.sum()),

@@ -109,3 +109,57 @@ class Rubric(_Part):
             "root_cause": {"must_hit": split_terms([r.equipment_category, r.process_step] + r.potential_causes),
                            "must_avoid": split_terms(r.root_cause_avoid)},
         }
+
+
+def _hours(hour: int) -> str:
+    return f"{hour} o'clock"
+
+
+def _opposite(hour: int) -> int:
+    return (hour + 6 - 1) % 12 + 1
+
+
+# A pattern name is a wrong answer unless the facts show what would make it plausible.
+_PLAUSIBLE = {
+    "Center": lambda f: any(r["zone"] == "center" for r in f["regions"]),
+    "Donut": lambda f: "mid-radius" in f["ring_zones"] or any(r["shape"] == "ring" for r in f["regions"]),
+    "Edge-Ring": lambda f: "edge" in f["ring_zones"],
+    "Edge-Loc": lambda f: any(r["zone"] == "edge" for r in f["regions"]),
+    "Loc": lambda f: any(r["shape"] in ("blob", "arc") for r in f["regions"]),
+    "Scratch": lambda f: any(r["shape"] == "line" for r in f["regions"]),
+    "Random": lambda f: f["scattered"],
+    "Near-full": lambda f: f["near_full"],
+}
+
+
+def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rubric:
+    """The offline rubric: must-hit terms from the facts and the knowledge base, must-avoid terms from what
+    the facts rule out (empty zones, the opposite clock position, implausible patterns, contradicting causes)."""
+    from .describe import PATTERN_NAMES, density_word
+    regions = f["regions"]
+    local = [r for r in regions if r["shape"] != "ring"][:1]
+    clock = []
+    for r in local:
+        clock += [_hours(r["from_clock"]), _hours(r["to_clock"])] if "from_clock" in r else \
+            ([_hours(r["clock"])] if r.get("clock") else [])
+    avoid_clock = [_hours(_opposite(r["clock"])) for r in local if r.get("clock") and "from_clock" not in r]
+    avoid_patterns = [PATTERN_NAMES[p] for p, ok in _PLAUSIBLE.items() if p not in labels and not ok(f)]
+    shapes = sorted({r["shape"] for r in regions})
+    causes = [c for lab in labels for c in kb[lab].candidate_causes]
+    return Rubric(
+        defect_types=labels,
+        spatial_rubric=SpatialRubric(
+            zone=", ".join(f["zones_with_failures"]), clock_position=", ".join(clock),
+            distribution="continuous ring" if f["ring_zones"] else "scattered" if f["scattered"] else "",
+            spatial_avoid=[z for z in ("center", "mid-radius", "edge") if z not in f["zones_with_failures"]]
+            + avoid_clock),
+        morphology_rubric=MorphologyRubric(
+            pattern_type=", ".join(PATTERN_NAMES[lab] for lab in labels if lab != "none"),
+            density=density_word(f) if regions or f["ring_zones"] else "",
+            geometric_structure=", ".join(shapes),
+            morphology_avoid=avoid_patterns + (["ring"] if "ring" not in shapes and not f["ring_zones"] else [])),
+        root_cause_rubric=RootCauseRubric(
+            equipment_category=", ".join(kb[labels[0]].equipment_categories[:1]),
+            process_step=", ".join(kb[labels[0]].process_steps[:1]), potential_causes=causes,
+            root_cause_avoid=[c for lab in labels for c in kb[lab].contradicting_causes]),
+        summary=summary)

@@ -27,6 +27,7 @@ _NEG_AFTER = re.compile(r"^(is |are |was |were )?(absent|not (present|seen|obser
 # Clause boundaries: sentence ends, semicolons, commas and contrastive conjunctions.
 _CLAUSE = re.compile(r"[.;:!?\n]|,|\b(but|however|whereas|while|although|though)\b")
 _NEG_WINDOW = 4  # words before a match that may negate it
+_CLEAR_AFTER = re.compile(r"\b(clear|free of|unaffected|spared)\b")  # "the center ... is clear of failures"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def _negated(words: list[str], start: int, end: int, needle_words: set[str]) -> 
     """Does a negation cue stand before the match, inside it (beyond the term's own words), or after it?"""
     inside = [w for w in words[start:end] if w not in needle_words]
     before = " ".join(words[max(0, start - _NEG_WINDOW): start] + inside)
-    return bool(_NEG_BEFORE.search(before)) or bool(_NEG_AFTER.search(" ".join(words[end: end + 4])))
+    after = " ".join(words[end: end + 6])
+    return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after) or _CLEAR_AFTER.search(after))
 
 
 def term_found(term: str, answer: str, threshold: float) -> bool:
