@@ -77,7 +77,7 @@ def test_rules_rubric_scores_its_reference_high_and_other_patterns_low():
 
 
 def test_grounded_descriptions_claim_only_what_the_facts_show():
-    for labels, f, d, r in _generated_rows(80):
+    for labels, f, d, _ in _generated_rows(80):
         spatial = d["spatial"].lower()
         for z in ("mid-radius", "edge"):
             if z not in f["zones_with_failures"] and f"in the {z} zone" in spatial:
