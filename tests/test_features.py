@@ -54,8 +54,10 @@ def test_isolated_background_fails_are_not_regions():
     assert f[names.index("fail_ratio")] > 0 and f[names.index("n_regions")] == 0
 
 
-def test_progress_and_empty_input():
+def test_empty_input_and_progress_bar_give_the_same_result(small_synth):
     assert features.extract_features([]).shape == (0, len(_names()))
+    maps = list(small_synth.wafer_map[:20])
+    np.testing.assert_array_equal(features.extract_features(maps, progress=True), features.extract_features(maps))
 
 
 def test_neighbour_threshold_rises_with_background():

@@ -74,10 +74,20 @@ def confusion(y_true, y_pred, labels: list[str], title: str):
     return fig
 
 
-def examples_by_class(groups: dict[str, list[tuple[str, list[np.ndarray]]]], ncols: int):
-    """Rows 'class · source' of example maps, e.g. synthetic next to real for each class."""
+def side_by_side(left: pd.DataFrame, right: pd.DataFrame, names: tuple[str, str], n: int):
+    """One row per class present in both tables: n maps of `left` then n of `right` (columns key, wafer_map)."""
     rows = []
-    for cls, sources in groups.items():
-        for source, maps in sources:
-            rows.append((f"{cls} · {source}", maps[:ncols], []))
-    return map_grid(rows, ncols)
+    for cls in sorted(set(left["key"]) & set(right["key"])):
+        a = list(left.loc[left["key"] == cls, "wafer_map"][:n])
+        b = list(right.loc[right["key"] == cls, "wafer_map"][:n])
+        rows.append((cls, a + b, [names[0]] * len(a) + [names[1]] * len(b)))
+    return map_grid(rows, 2 * n)
+
+
+def examples_by_role(maps: pd.DataFrame, roles: tuple[str, ...], n: int, max_classes: int = 9):
+    """Rows 'class · role' of sampled maps (columns key, role, wafer_map), largest classes first."""
+    sampled = maps[maps["role"] != ""]
+    classes = sampled["key"].value_counts().sort_index().sort_values(ascending=False, kind="stable").index[:max_classes]
+    rows = [(f"{cls} · {role}", list(sampled.loc[(sampled["key"] == cls) & (sampled["role"] == role), "wafer_map"][:n]), [])
+            for cls in classes for role in roles]
+    return map_grid(rows, n)
