@@ -1,0 +1,195 @@
+"""The OpenAI-compatible client: request building, parsing of recorded bodies, retries, cache and resume,
+against a scripted local HTTP server (no network)."""
+import base64
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from wafersage_utils import llm
+
+FIXTURES = Path(__file__).parent / "fixtures" / "openai"
+PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def body(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+class Script:
+    """What the server answers, one behaviour per request: ok, 429, 500, slow, malformed, 400."""
+
+    def __init__(self, plan: list[str], default: str = "ok"):
+        self.plan, self.default, self.requests = list(plan), default, []
+        self.lock = threading.Lock()
+
+    def next(self, request: dict) -> str:
+        with self.lock:
+            self.requests.append(request)
+            return self.plan.pop(0) if self.plan else self.default
+
+
+def _handler(script: Script):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code: int, payload: bytes, headers: dict | None = None):
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            what = script.next(request)
+            user_text = request["messages"][-1]["content"][-1]["text"]
+            if what == "429":
+                return self._send(429, b'{"error": {"message": "Rate limit reached", "type": "requests"}}',
+                                  {"retry-after-ms": "20"})
+            if what == "500":
+                return self._send(500, b'{"error": {"message": "internal error"}}', {"retry-after-ms": "20"})
+            if what == "400":
+                return self._send(400, json.dumps(body("vllm_error.json")).encode())
+            if what == "slow":
+                time.sleep(1.5)
+            if what == "malformed":
+                return self._send(200, b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "trunc')
+            answer = body("openai_chat_completion.json")
+            answer["choices"][0]["message"]["content"] = f"echo: {user_text}"
+            return self._send(200, json.dumps(answer).encode())
+    return Handler
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(plan, default="ok"):
+        script = Script(plan, default)
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), _handler(script))
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/v1", script
+    yield start
+    for srv in servers:
+        srv.shutdown()
+
+
+def settings(url: str, **kw) -> llm.ChatSettings:
+    base = dict(model="wafer-teacher", base_url=url, api_key_env="WAFERSAGE_TEST_KEY", timeout_s=0.5,
+                max_retries=3, concurrency=2)
+    return llm.ChatSettings(**(base | kw))
+
+
+def test_request_carries_image_as_data_url_and_sampling_parameters():
+    req = llm.build_request(llm.ChatSettings(model="m", temperature=0.3, json_mode=True), "sys", "where?", PNG)
+    assert req["model"] == "m" and req["temperature"] == 0.3 and req["response_format"] == {"type": "json_object"}
+    assert req["messages"][0] == {"role": "system", "content": "sys"}
+    image, text = req["messages"][1]["content"]
+    assert image["image_url"]["url"].startswith("data:image/png;base64,")
+    assert base64.b64decode(image["image_url"]["url"].split(",", 1)[1]) == PNG
+    assert text == {"type": "text", "text": "where?"}
+
+
+def test_cache_key_depends_on_image_prompt_model_and_parameters_only():
+    s = llm.ChatSettings(model="m")
+    k = llm.cache_key(llm.build_request(s, "sys", "q", PNG))
+    assert k == llm.cache_key(llm.build_request(llm.ChatSettings(model="m", base_url="http://other/v1"), "sys", "q", PNG))
+    assert k != llm.cache_key(llm.build_request(s, "sys", "q", PNG + b"\0"))
+    assert k != llm.cache_key(llm.build_request(s, "sys", "q2", PNG))
+    assert k != llm.cache_key(llm.build_request(llm.ChatSettings(model="m2"), "sys", "q", PNG))
+    assert k != llm.cache_key(llm.build_request(llm.ChatSettings(model="m", temperature=0.9), "sys", "q", PNG))
+
+
+@pytest.mark.parametrize("name, text", [
+    ("openai_chat_completion.json", "The failing dies form a compact blob at the center"),
+    ("vllm_chat_completion.json", '{"defect_types": ["Scratch"]'),
+    ("qwen3_think_tags.json", "Failures cluster at the edge around 3 o'clock as an arc."),
+    ("content_parts.json", "A continuous ring of failures runs around the edge."),
+])
+def test_parse_recorded_bodies(name, text):
+    got, finish, usage = llm.parse_response(body(name))
+    assert got.startswith(text) and "<think>" not in got
+    assert finish == "stop"
+
+
+@pytest.mark.parametrize("name, reason", [("refusal.json", "refused"), ("vllm_error.json", "no choices")])
+def test_parse_rejects_bodies_without_text(name, reason):
+    with pytest.raises(llm.MalformedResponse, match=reason):
+        llm.parse_response(body(name))
+
+
+def test_retries_429_and_500_then_caches(server, tmp_path):
+    url, script = server(["429", "500", "ok"])
+    client = llm.ChatClient(settings(url), tmp_path)
+    req = llm.build_request(client.settings, "sys", "q1", PNG)
+    res = client.complete(req)
+    assert res.error is None and res.text == "echo: q1" and not res.cached
+    assert len(script.requests) == 3
+    again = llm.ChatClient(settings(url), tmp_path).complete(req)
+    assert again.cached and again.text == "echo: q1" and len(script.requests) == 3  # no new request
+
+
+def test_timeout_is_retried(server, tmp_path):
+    url, script = server(["slow", "ok"])
+    res = llm.ChatClient(settings(url), tmp_path).complete(llm.build_request(settings(url), "", "q", None))
+    assert res.error is None and res.text == "echo: q" and len(script.requests) == 2
+
+
+def test_retries_exhausted_is_an_error_not_an_exception_and_not_cached(server, tmp_path):
+    url, script = server([], default="500")
+    client = llm.ChatClient(settings(url, max_retries=1), tmp_path)
+    res = client.complete(llm.build_request(client.settings, "", "q", None))
+    assert res.text is None and "500" in res.error and len(script.requests) == 2
+    assert len(client.cache) == 0
+
+
+def test_client_error_is_not_retried(server, tmp_path):
+    url, script = server(["400"])
+    res = llm.ChatClient(settings(url), tmp_path).complete(llm.build_request(settings(url), "", "q", None))
+    assert "400" in res.error and "does not exist" in res.error and len(script.requests) == 1
+
+
+def test_malformed_body_is_retried_once_then_reported(server, tmp_path):
+    url, script = server(["malformed", "ok"])
+    client = llm.ChatClient(settings(url), tmp_path)
+    assert client.complete(llm.build_request(client.settings, "", "a", None)).text == "echo: a"
+    url2, script2 = server([], default="malformed")
+    client2 = llm.ChatClient(settings(url2), tmp_path / "other")
+    res = client2.complete(llm.build_request(client2.settings, "", "b", None))
+    assert res.text is None and res.error.startswith("malformed response") and len(script2.requests) == 2
+
+
+def test_interrupted_run_resumes_from_the_cache(server, tmp_path):
+    """A run that died after some answers (here: the server starts failing) costs only the rest on rerun."""
+    url, script = server(["ok"] * 3, default="400")
+    client = llm.ChatClient(settings(url, concurrency=1), tmp_path)
+    reqs = [llm.build_request(client.settings, "sys", f"q{i}", PNG) for i in range(6)]
+    first = client.complete_many(reqs, progress=False)
+    assert [r.error is None for r in first] == [True] * 3 + [False] * 3
+    url2, script2 = server([])
+    rerun = llm.ChatClient(settings(url2, concurrency=3), tmp_path).complete_many(reqs, progress=False)
+    assert [r.text for r in rerun] == [f"echo: q{i}" for i in range(6)]
+    assert [r.cached for r in rerun] == [True] * 3 + [False] * 3 and len(script2.requests) == 3
+
+
+def test_concurrent_answers_keep_request_order(server, tmp_path):
+    url, _ = server([])
+    client = llm.ChatClient(settings(url, concurrency=4), tmp_path)
+    res = client.complete_many([llm.build_request(client.settings, "", f"q{i}", None) for i in range(12)], progress=False)
+    assert [r.text for r in res] == [f"echo: q{i}" for i in range(12)]
+
+
+def test_key_comes_from_the_named_environment_variable(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("WAFERSAGE_TEST_KEY", "sk-test-123")
+    url, _ = server([])
+    client = llm.ChatClient(settings(url), tmp_path)
+    assert client._client.api_key == "sk-test-123"
+    assert "sk-test-123" not in json.dumps(llm.settings_record(client.settings))
