@@ -76,3 +76,10 @@ def test_render_cache_reuses_files(tmp_path):
     stamp = p.stat().st_mtime_ns
     assert render.render_cached([m], 64, tmp_path)[0].stat().st_mtime_ns == stamp
     assert render.render_cached([m], 128, tmp_path)[0] != p
+
+
+def test_near_full_fails_everywhere_without_regions():
+    m, _ = _one("Near-full", density=0.95)
+    f = facts.measure(m)
+    assert f["near_full"] and f["zones_with_failures"] == ["center", "mid-radius", "edge"]
+    assert f["regions"] == [] and f["ring_zones"] == []

@@ -119,7 +119,10 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
     dies, fails = m > 0, m == FAIL
     n_dies = max(int(dies.sum()), 1)
     ratio = float(fails.sum() / n_dies)
-    clustered = _filtered_fails(fails[None], np.array([ratio]))[0]
+    near_full = ratio >= rules.near_full_ratio
+    # The neighbour test finds structure against the map's own fail ratio; when nearly every die fails there
+    # is no background left to test against, and every failing die counts as a systematic failure.
+    clustered = fails if near_full else _filtered_fails(fails[None], np.array([ratio]))[0]
     x, y = die_coordinates(h, w)
     r, theta = polar(h, w)
     zone, sector = zone_index(r), clock_sector(theta)
@@ -140,7 +143,7 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
     lab, n = ndimage.label(clustered, structure=np.ones((3, 3), bool))
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     floor = max(rules.min_region, chance_region_size(m, ratio, rules.chance_shuffles) + 1)
-    order = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= floor][: rules.max_regions]
+    order = [] if near_full else [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= floor][: rules.max_regions]
     die = 2.0 / np.sqrt(h * w)  # one die, in normalised radius units
     regions = [describe_region(lab == k, x, y, r, theta, die, rules) for k in order]
     zones_with = [z for z in ZONES if z in zones_with or any(reg["zone"] == z for reg in regions)]
@@ -161,5 +164,5 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
         "region_min_dies": int(floor),
         "point_symmetry": round(float(sym.sum() / max(int(clustered.sum()), 1)), 3),
         "scattered": ratio >= rules.random_ratio and float(clustered.sum()) < 0.5 * fails.sum(),
-        "near_full": ratio >= rules.near_full_ratio,
+        "near_full": near_full,
     }

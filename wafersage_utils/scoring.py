@@ -57,6 +57,13 @@ def _negated(words: list[str], start: int, end: int, needle_words: set[str]) -> 
     return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after) or _CLEAR_AFTER.search(after))
 
 
+def negated_at(clause: str, start: int, end: int) -> bool:
+    """Is the span clause[start:end] negated by words before it or a phrase right after it?"""
+    before = " ".join(clause[:start].lower().split()[-_NEG_WINDOW:])
+    after = " ".join(clause[end:].lower().split()[:6])
+    return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after) or _CLEAR_AFTER.search(after))
+
+
 def term_found(term: str, answer: str, threshold: float) -> bool:
     """Is `term` affirmed somewhere in `answer`?
 
