@@ -20,7 +20,7 @@ from collections import Counter
 
 from .conventions import NONE_LABEL
 from .knowledge import PatternKnowledge
-from .rubric import _PLAUSIBLE
+from .rubric import _PLAUSIBLE, contradicting_causes
 from .scoring import clauses, negated_at, term_found
 
 KINDS = ("zone", "clock", "pattern", "root_cause")
@@ -136,11 +136,7 @@ def check_description(desc: dict, labels: list[str], facts: dict, kb: dict[str, 
         bad = p not in labels and (p.startswith("unknown:") or not _PLAUSIBLE[p](facts))
         out.append({"kind": "pattern", "claim": p, "contradicted": bad,
                     "reason": f"{p} claimed; label {'+'.join(labels)} and the facts do not support it" if bad else ""})
-    candidates = {x for lab in labels for x in kb[lab].candidate_causes}
-    for cause in sorted({x for lab in labels for x in kb[lab].contradicting_causes} - candidates):
-        # On a mixture, a cause that contradicts one pattern may sit inside another's candidate: not checkable.
-        if any(term_found(cause, cand, threshold) for cand in candidates):
-            continue
+    for cause in contradicting_causes(labels, kb, threshold):
         if term_found(cause, c["cause_text"], threshold):
             out.append({"kind": "root_cause", "claim": cause, "contradicted": True,
                         "reason": f"cause '{cause}' contradicts {'+'.join(labels)}"})

@@ -119,7 +119,7 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
     dies, fails = m > 0, m == FAIL
     n_dies = max(int(dies.sum()), 1)
     ratio = float(fails.sum() / n_dies)
-    near_full = ratio >= rules.near_full_ratio
+    near_full = bool(ratio >= rules.near_full_ratio)
     # The neighbour test finds structure against the map's own fail ratio; when nearly every die fails there
     # is no background left to test against, and every failing die counts as a systematic failure.
     clustered = fails if near_full else _filtered_fails(fails[None], np.array([ratio]))[0]
@@ -163,6 +163,6 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
         "regions": regions,
         "region_min_dies": int(floor),
         "point_symmetry": round(float(sym.sum() / max(int(clustered.sum()), 1)), 3),
-        "scattered": ratio >= rules.random_ratio and float(clustered.sum()) < 0.5 * fails.sum(),
+        "scattered": bool(ratio >= rules.random_ratio and float(clustered.sum()) < 0.5 * fails.sum()),
         "near_full": near_full,
     }

@@ -80,14 +80,16 @@ def image_data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def build_request(settings: ChatSettings, system: str, user: str, png: bytes | None = None) -> dict:
-    """Chat-completions request body: system message, then the image (if any) and the user text."""
+def build_request(settings: ChatSettings, system: str, user: str, png: bytes | None = None,
+                  follow_up: list[dict] | None = None) -> dict:
+    """Chat-completions request body: system message, then the image (if any) and the user text, then any
+    further turns (a repair request: the model's answer and what was wrong with it)."""
     content: list[dict] = []
     if png is not None:
         content.append({"type": "image_url", "image_url": {"url": image_data_url(png)}})
     content.append({"type": "text", "text": user})
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-    return {"model": settings.model, "messages": messages, **settings.sampling()}
+    return {"model": settings.model, "messages": messages + list(follow_up or []), **settings.sampling()}
 
 
 def cache_key(request: dict) -> str:

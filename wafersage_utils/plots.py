@@ -91,3 +91,71 @@ def examples_by_role(maps: pd.DataFrame, roles: tuple[str, ...], n: int, max_cla
     rows = [(f"{cls} · {role}", list(sampled.loc[(sampled["key"] == cls) & (sampled["role"] == role), "wafer_map"][:n]), [])
             for cls in classes for role in roles]
     return map_grid(rows, n)
+
+
+def maps_with_text(maps: list[np.ndarray], texts: list[str], titles: list[str], width: int = 95):
+    """Each map beside its text (a description), one row per map."""
+    import textwrap
+    fig, axes = plt.subplots(len(maps), 2, figsize=(11, 2.3 * len(maps)), gridspec_kw={"width_ratios": [1, 4]},
+                             squeeze=False)
+    for (ax_map, ax_txt), m, text, title in zip(axes, maps, texts, titles):
+        show_map(ax_map, m, title)
+        ax_txt.set_axis_off()
+        ax_txt.text(0, 1, textwrap.fill(text, width), va="top", ha="left", fontsize=7.5, transform=ax_txt.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def fact_distributions(facts_df: pd.DataFrame, keys: pd.Series):
+    """Where failures are, per label: zones (share of maps), clock sectors (all maps), main region shape."""
+    single = keys.where(keys.str.count(r"\+") == 0, "mixed")
+    zones = pd.DataFrame([{z: z in zs for z in ("center", "mid-radius", "edge")} for zs in facts_df["zones"]])
+    fig = plt.figure(figsize=(15, 4.2))
+    ax1 = fig.add_subplot(1, 3, 1)
+    sns.heatmap(zones.groupby(single.to_numpy()).mean(), annot=True, fmt=".2f", cmap="Reds", vmin=0, vmax=1,
+                cbar=False, ax=ax1)
+    ax1.set_title("Share of maps with clustered failures, by zone", fontsize=9)
+    ax1.set(xlabel="zone", ylabel="label")
+    ax2 = fig.add_subplot(1, 3, 2, projection="polar")
+    counts = np.bincount([s % 12 for ss in facts_df["clock_sectors"] for s in ss], minlength=12)
+    ax2.bar(np.radians(np.arange(12) * 30.0), counts, width=np.radians(26), color=np.array(PALETTE[2]) / 255)
+    ax2.set_theta_zero_location("N")
+    ax2.set_theta_direction(-1)
+    ax2.set_xticks(np.radians(np.arange(12) * 30.0), ["12"] + [str(h) for h in range(1, 12)])
+    ax2.set_title("Clock sectors holding clustered failures (maps)", fontsize=9)
+    ax3 = fig.add_subplot(1, 3, 3)
+    sns.heatmap(pd.crosstab(single.to_numpy(), facts_df["main_shape"].to_numpy(), normalize="index"), annot=True,
+                fmt=".2f", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax3)
+    ax3.set_title("Dominant structure (share of each label's maps)", fontsize=9)
+    ax3.set(xlabel="structure", ylabel="label")
+    fig.tight_layout()
+    return fig
+
+
+def reason_bars(reasons: pd.Series, title: str):
+    """Counts of quarantine reasons by kind (a note in the axes when there are none)."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    counts = reasons[reasons != ""].value_counts()
+    if counts.empty:
+        ax.text(0.5, 0.5, "nothing quarantined", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        counts.sort_values().plot.barh(ax=ax, color="#b2182b")
+        ax.set_xlabel("descriptions")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def score_separation(own: np.ndarray, other: np.ndarray, title: str):
+    """Histograms of rule scores of matching and mismatched answers against the same rubrics."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    bins = np.linspace(0, 1, 26)
+    ax.hist(own, bins=bins, alpha=0.7, label="the map's own description", color="#2166ac")
+    ax.hist(other, bins=bins, alpha=0.7, label="a description of another pattern", color="#b2182b")
+    ax.set_xlabel("rule score S")
+    ax.set_ylabel("rubrics")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -132,6 +132,18 @@ _PLAUSIBLE = {
 }
 
 
+def contradicting_causes(labels: list[str], kb: dict, threshold: float = 0.8) -> list[str]:
+    """Causes the labels rule out. On a mixture, a cause one pattern contradicts but another's candidate
+    contains (fuzzy, as the scorer matches) is left out: it cannot be held against the map."""
+    from .scoring import term_found
+    candidates = [c for lab in labels for c in kb[lab].candidate_causes]
+    out = []
+    for c in (c for lab in labels for c in kb[lab].contradicting_causes):
+        if c not in out and c not in candidates and not any(term_found(c, cand, threshold) for cand in candidates):
+            out.append(c)
+    return out
+
+
 def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rubric:
     """The offline rubric: must-hit terms from the facts and the knowledge base, must-avoid terms from what
     the facts rule out (empty zones, the opposite clock position, implausible patterns, contradicting causes)."""
@@ -161,5 +173,5 @@ def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rub
         root_cause_rubric=RootCauseRubric(
             equipment_category=", ".join(kb[labels[0]].equipment_categories[:1]),
             process_step=", ".join(kb[labels[0]].process_steps[:1]), potential_causes=causes,
-            root_cause_avoid=[c for lab in labels for c in kb[lab].contradicting_causes]),
+            root_cause_avoid=contradicting_causes(labels, kb)),
         summary=summary)

@@ -1,0 +1,119 @@
+"""The `hf` backend: a local transformers VLM (a path or hub name) answering OpenAI-format chat requests.
+
+Requests are the same dicts the remote client sends (:func:`.llm.build_request`); images arrive as PNG data
+URLs and are decoded back. Answers are greedy (or sampled at the request's temperature), generated in
+batches, and cached on disk under the same keys as remote answers, with the model named by its path and a
+fingerprint of its config and weight files, so retraining into the same folder does not reuse stale answers.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .llm import ChatResult, ResponseCache, cache_key
+
+log = logging.getLogger("wafersage.hf_chat")
+
+
+def model_fingerprint(path: str) -> str:
+    """Path plus a hash of config.json and the sizes and heads of the weight files (hub names: the name)."""
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 16))
+    return f"{path}@{h.hexdigest()[:12]}"
+
+
+def _to_hf_messages(messages: list[dict]) -> tuple[list[dict], list]:
+    """OpenAI-format messages as transformers chat messages, and the PIL images in order."""
+    from PIL import Image
+    out, images = [], []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            out.append({"role": m["role"], "content": [{"type": "text", "text": content}]})
+            continue
+        items = []
+        for part in content:
+            if part["type"] == "image_url":
+                data = part["image_url"]["url"].split(",", 1)[1]
+                images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                items.append({"type": "image"})
+            else:
+                items.append({"type": "text", "text": part["text"]})
+        out.append({"role": m["role"], "content": items})
+    return out, images
+
+
+class HFChat:
+    """Batched generation with a local image-text-to-text model, behind the ChatClient interface."""
+
+    def __init__(self, path: str, cache_dir: Path, batch_size: int = 4, device: str = ""):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
+        self.cache = ResponseCache(cache_dir)
+        self.n_requests = 0
+
+    def _generate(self, requests: list[dict]) -> list[str]:
+        import torch
+        convs, images = zip(*(_to_hf_messages(r["messages"]) for r in requests))
+        texts = self.processor.apply_chat_template(list(convs), add_generation_prompt=True, tokenize=False)
+        flat = [im for ims in images for im in ims]
+        inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt").to(self.device)
+        temp = float(requests[0].get("temperature") or 0.0)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=int(requests[0].get("max_tokens", 256)),
+                                      do_sample=temp > 0, temperature=temp if temp > 0 else None)
+        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def complete_many(self, requests: list[dict], desc: str = "hf", progress: bool = True) -> list[ChatResult]:
+        """Answers in request order; cached ones are not generated again."""
+        keyed = [dict(r, model=self.name) for r in requests]
+        keys = [cache_key(r) for r in keyed]
+        results: list[ChatResult | None] = [None] * len(requests)
+        todo = []
+        for i, k in enumerate(keys):
+            hit = self.cache.get(k)
+            if hit is not None:
+                results[i] = ChatResult(hit["text"], cached=True)
+            else:
+                todo.append(i)
+        # Same sampling settings batch together (a batch shares max_tokens and temperature).
+        todo.sort(key=lambda i: (requests[i].get("max_tokens"), requests[i].get("temperature")))
+        for s in tqdm(range(0, len(todo), self.batch_size), desc=desc, disable=not progress, mininterval=2.0):
+            idx = todo[s: s + self.batch_size]
+            t0 = time.perf_counter()
+            self.n_requests += len(idx)
+            try:
+                texts = self._generate([requests[i] for i in idx])
+            except Exception as exc:  # a failing batch is recorded per request, the stage goes on
+                log.warning("generation failed: %s", exc)
+                for i in idx:
+                    results[i] = ChatResult(None, f"{type(exc).__name__}: {exc}")
+                continue
+            dt = (time.perf_counter() - t0) / len(idx)
+            for i, text in zip(idx, texts):
+                text = text.strip()
+                if text:
+                    self.cache.put(keys[i], {"text": text, "model": self.name})
+                    results[i] = ChatResult(text, seconds=dt)
+                else:
+                    results[i] = ChatResult(None, "empty generation", seconds=dt)
+        return results
