@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wafersage_utils import loaders, synth
+from wafersage_utils import loaders, pipeline, synth
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def real_file(source: str) -> Path:
@@ -28,3 +30,9 @@ def small_synth():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """Stages 01 to 03 run once with params/smoke.yaml (read-only for the tests that use it)."""
+    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01-03", results_dir=tmp_path_factory.mktemp("runs"))

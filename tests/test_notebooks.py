@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wafersage_utils import pipeline, table
+from wafersage_utils import corpus, pipeline, table
 from wafersage_utils.params import notebook_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +30,8 @@ def test_notebooks_are_numbered_in_run_order():
 
 
 @pytest.mark.slow
-def test_stage_01_with_smoke_params(tmp_path):
-    run = pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01", results_dir=tmp_path)
+def test_stage_01_with_smoke_params(smoke_run):
+    run = smoke_run
     m = json.loads((run / "metrics" / "01_clean.json").read_text())
     for key in ("n_maps", "n_quarantined", "noise/precision", "noise/recall", "split/shared_lots",
                 "baseline/accuracy", "baseline/macro_f1", "features/maps_per_second"):
@@ -48,3 +48,26 @@ def test_stage_01_with_smoke_params(tmp_path):
     assert maps.loc[maps.quarantined, "suggested"].notna().all()
     assert not (maps.quarantined & (maps.role != "")).any()
     assert (run / "01_clean.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_stages_02_and_03_with_smoke_params(smoke_run):
+    run = smoke_run
+    maps = table.read_table(run / "data" / "maps.parquet")
+    n_sampled = int(((maps.role != "") & ~maps.quarantined).sum())
+    m2 = json.loads((run / "metrics" / "02_describe.json").read_text())
+    assert m2["n_maps"] == n_sampled > 50 and m2["n_quarantined"] == 0  # the grounded teacher never contradicts
+    assert m2["hallucination/zone/claims"] > 0 and m2["hallucination/descriptions_rate"] == 0
+    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    facts = corpus.read_corpus(run / "data" / "facts.parquet", "facts")
+    assert len(desc) == len(facts) == n_sampled and (desc["full"].str.len() > 40).all()
+    assert all((run / p).exists() for p in desc["image"])
+    assert all(json.loads(s)["defect_types"] for s in desc["structured"])
+    m3 = json.loads((run / "metrics" / "03_rubrics.json").read_text())
+    assert m3["n_rubrics"] == n_sampled and m3["terms/hit_avoid_clashes"] == 0
+    assert m3["check/own_score_mean"] > 0.85 and m3["check/auc"] > 0.9
+    rub = corpus.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
+    assert (rub["spatial_must_hit"].map(len) + rub["morphology_must_hit"].map(len) > 0).all()
+    figs = {p.name for p in (run / "figures").glob("*.png")}
+    assert {"fig_fact_distributions.png", "fig_examples_with_descriptions.png", "fig_quarantine_reasons.png",
+            "fig_rubric_separation.png"} <= figs

@@ -114,3 +114,16 @@ def test_llm_rubric_avoid_lists_are_grounded():
     assert "edge-local" not in r.morphology_rubric.morphology_avoid and "scratch" in r.morphology_rubric.morphology_avoid
     assert "clamp contact at one edge position" not in r.root_cause_rubric.root_cause_avoid
     assert set(grounded.root_cause_rubric.root_cause_avoid) <= set(r.root_cause_rubric.root_cause_avoid)
+
+
+def test_grounding_never_leaves_a_term_both_hit_and_avoided():
+    m, _ = _one("Center", cx=0.0, cy=0.0, radius=0.22, density=1.0)
+    f = facts.measure(m)
+    llm_rubric = teacher.validate_rubric(json.dumps({
+        "defect_types": ["Center"], "spatial_rubric": {"zone": "center, edge", "spatial_avoid": ["edge; 6 o'clock"]},
+        "morphology_rubric": {"pattern_type": "center"}, "root_cause_rubric": {}}))
+    r = teacher.ground_rubric(llm_rubric, rules_rubric(["Center"], f, KB), ["Center"], f, KB)
+    t = r.terms()
+    assert all(not set(v["must_hit"]) & set(v["must_avoid"]) for v in t.values())
+    assert "edge" in t["spatial"]["must_hit"] and "edge" not in t["spatial"]["must_avoid"]
+    assert "6 o'clock" not in t["spatial"]["must_avoid"]  # a centred blob has failures in every sector

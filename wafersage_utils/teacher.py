@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .claims import check_description
 from .conventions import NONE_LABEL
 from .llm import ChatSettings, build_request
-from .rubric import Rubric
+from .rubric import Rubric, split_terms
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "knowledge" / "prompts.yaml"
 OUTPUTS = ("full", "spatial", "root_cause", "structured")
@@ -151,9 +151,14 @@ def ground_rubric(rubric: Rubric, grounded: Rubric, labels: list[str], facts: di
         keep = [t for t in llm_terms if t.lower() not in candidates and not _supported(t, labels, facts, kb)]
         return keep + [t for t in rules_terms if t not in keep]
     r = rubric.model_copy(deep=True)
-    r.spatial_rubric.spatial_avoid = merge(r.spatial_rubric.spatial_avoid, grounded.spatial_rubric.spatial_avoid)
-    r.morphology_rubric.morphology_avoid = merge(r.morphology_rubric.morphology_avoid,
-                                                 grounded.morphology_rubric.morphology_avoid)
-    r.root_cause_rubric.root_cause_avoid = merge(r.root_cause_rubric.root_cause_avoid,
-                                                 grounded.root_cause_rubric.root_cause_avoid)
+    hits = {d: {t.lower() for t in v["must_hit"]} for d, v in r.terms().items()}
+    s, m, c = r.spatial_rubric, r.morphology_rubric, r.root_cause_rubric
+    # A term the rubric asks for is never also forbidden in the same dimension (the hit is kept: it comes
+    # from a description that passed the hallucination checks).
+    s.spatial_avoid = [t for t in merge(split_terms(s.spatial_avoid), grounded.spatial_rubric.spatial_avoid)
+                       if t.lower() not in hits["spatial"]]
+    m.morphology_avoid = [t for t in merge(split_terms(m.morphology_avoid), grounded.morphology_rubric.morphology_avoid)
+                          if t.lower() not in hits["morphology"]]
+    c.root_cause_avoid = [t for t in merge(split_terms(c.root_cause_avoid), grounded.root_cause_rubric.root_cause_avoid)
+                          if t.lower() not in hits["root_cause"]]
     return r
