@@ -86,3 +86,9 @@ def test_stratified_cap_keeps_every_class():
     idx = splits.stratified_cap(keys, 20, 0)
     assert len(idx) <= 20 + 3 and set(keys[idx]) == {"a", "b", "c"}
     assert len(splits.stratified_cap(keys, 0, 0)) == 100
+
+
+def test_stratified_cap_never_exceeds_n_with_more_classes_than_n():
+    keys = np.repeat([f"c{i}" for i in range(15)], 4)
+    idx = splits.stratified_cap(keys, 12, 0)
+    assert len(idx) == 12 and len(set(keys[idx])) == 12

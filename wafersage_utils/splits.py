@@ -57,4 +57,7 @@ def stratified_cap(keys, n: int, seed: int) -> np.ndarray:
     quota = np.maximum(1, np.floor(counts / counts.sum() * n)).astype(int)
     picked = [rng.choice(np.flatnonzero(keys == k), size=min(q, c), replace=False)
               for k, q, c in zip(names, quota, counts)]
-    return np.sort(np.concatenate(picked))
+    out = np.concatenate(picked)
+    if len(out) > n:  # more classes than n: one row each from n of them, chosen at random
+        out = rng.choice(out, size=n, replace=False)
+    return np.sort(out)

@@ -1,0 +1,104 @@
+"""The `hf` backend with the tiny Qwen3-VL built offline: the saved folder loads with the Auto classes,
+chat requests with images generate, answers are cached, and a model that always claims the same place is
+caught by the hallucination checks."""
+import json
+
+import pytest
+import torch
+
+from tests.test_synth import _one
+from wafersage_utils import claims, facts, knowledge, llm, render, teacher, tiny_vlm
+from wafersage_utils.hf_chat import HFChat, _to_hf_messages
+
+ANSWER = "Failures cluster at the edge around 3 o'clock."
+KB = knowledge.load_knowledge()
+
+
+@pytest.fixture(scope="module")
+def parrot(tmp_path_factory):
+    """A tiny Qwen3-VL trained for a few seconds to answer every image prompt with ANSWER."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    root = tmp_path_factory.mktemp("tiny")
+    texts = [ANSWER, *teacher.load_prompts().values()] * 10
+    path = tiny_vlm.build_tiny_vlm(texts, root / "tiny", tiny_vlm.TinySpec(image_size=64), seed=0)
+    processor, model = AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path)
+    m, _ = _one("Edge-Loc", angle=90.0, span=60.0, depth=0.3, density=1.0)
+    png = render.to_image(m, 64).convert("RGB")
+    prompts = teacher.load_prompts()
+    convs = [[{"role": "system", "content": [{"type": "text", "text": prompts["teacher_system"]}]},
+              {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user}]},
+              {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}]
+             for user in teacher.teacher_prompts(prompts, ["Edge-Loc"], True).values()]
+    processor.tokenizer.padding_side = "left"
+    batch = processor(text=processor.apply_chat_template(convs, tokenize=False), images=[png] * len(convs),
+                      return_tensors="pt", padding=True)
+    labels = batch["input_ids"].clone()
+    labels[(labels == model.config.image_token_id) | (batch["attention_mask"] == 0)] = -100
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(path)
+    return path
+
+
+def test_tiny_model_is_the_real_architecture(parrot):
+    cfg = json.loads((parrot / "config.json").read_text())
+    assert cfg["model_type"] == "qwen3_vl" and cfg["architectures"] == ["Qwen3VLForConditionalGeneration"]
+    assert sum(cfg["text_config"]["rope_parameters"]["mrope_section"]) == cfg["text_config"]["head_dim"] // 2
+
+
+def test_openai_messages_become_hf_messages_with_images():
+    m, _ = _one("Center", cx=0.0, cy=0.0, radius=0.22, density=1.0)
+    png = render.to_image(m, 32)
+    import io
+    buf = io.BytesIO()
+    png.save(buf, format="PNG")
+    req = llm.build_request(llm.ChatSettings(model="x"), "sys", "where?", buf.getvalue(),
+                            follow_up=[{"role": "assistant", "content": "edge"}])
+    conv, images = _to_hf_messages(req["messages"])
+    assert [c["role"] for c in conv] == ["system", "user", "assistant"]
+    assert conv[1]["content"] == [{"type": "image"}, {"type": "text", "text": "where?"}]
+    assert len(images) == 1 and images[0].size == (32, 32) and images[0].mode == "RGB"
+
+
+def test_hf_teacher_generates_caches_and_is_checked(parrot, tmp_path):
+    center, _ = _one("Center", cx=0.0, cy=0.0, radius=0.22, density=1.0)
+    edge3, _ = _one("Edge-Loc", angle=90.0, span=60.0, depth=0.3, density=1.0)
+    paths = render.render_cached([center, edge3], 64, tmp_path / "img")
+    chat = HFChat(str(parrot), tmp_path / "cache", batch_size=2)
+    s = llm.ChatSettings(model=str(parrot), max_tokens=24, temperature=0.0)
+    items = [(["Center"], paths[0].read_bytes()), (["Edge-Loc"], paths[1].read_bytes())]
+    out = teacher.describe_with_chat(chat, s, items, teacher.load_prompts(), True, progress=False)
+    assert chat.n_requests == 8 and all(ANSWER in o["spatial"] for o in out)
+    again = teacher.describe_with_chat(chat, s, items, teacher.load_prompts(), True, progress=False)
+    assert chat.n_requests == 8 and all(o["cached"] for o in again)
+    verdicts = [claims.check_description(o, lab, facts.measure(m), KB)
+                for o, (lab, _), m in zip(out, items, [center, edge3])]
+    assert any(i["contradicted"] and i["kind"] == "zone" for i in verdicts[0])  # no edge failures on this map
+    assert not any(i["contradicted"] and i["kind"] in ("zone", "clock") for i in verdicts[1])
+
+
+@pytest.mark.slow
+def test_stage_02_with_the_hf_backend(parrot, smoke_run, tmp_path):
+    import shutil
+
+    from tests.conftest import ROOT
+    from wafersage_utils import corpus, pipeline
+    (tmp_path / "hf" / "data").mkdir(parents=True)
+    shutil.copy(smoke_run / "data" / "maps.parquet", tmp_path / "hf" / "data" / "maps.parquet")
+    sets = ["02_describe.backend=hf", f"02_describe.model={parrot}", "02_describe.max_tokens=24",
+            "02_describe.max_maps=12", "02_describe.image_size=64", "02_describe.temperature=0.0"]
+    run = pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="02", run_name="hf", overrides=sets,
+                                results_dir=tmp_path)
+    m = json.loads((run / "metrics" / "02_describe.json").read_text())
+    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    assert m["n_maps"] == len(desc) == 12 and m["requests_sent"] == 4 * len(desc)
+    assert (desc["spatial"] == ANSWER).all()
+    # Every map gets "edge around 3 o'clock": a hallucination exactly where the facts show no such failures.
+    assert 0 < m["hallucination/descriptions_rate"] < 1
+    assert desc["reason"].str.contains("zone: |clock: ").sum() == round(m["hallucination/descriptions_rate"] * 12)
+    # The parrot never writes JSON: every structured output is reported as such, so every map is quarantined.
+    assert desc["reason"].str.startswith("request: structured: no JSON object").all() and desc["quarantined"].all()
