@@ -10,6 +10,7 @@ import pytest
 from wafersage_utils import loaders, pipeline, synth
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.chat_server"]  # the `server` fixture: a scripted OpenAI-compatible endpoint
 
 
 def real_file(source: str) -> Path:

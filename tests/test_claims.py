@@ -87,3 +87,9 @@ def test_summary_rates():
     s = claims.summarise(checks)
     assert s["hallucination/zone/rate"] == 0.5 and s["hallucination/clock/rate"] == 0.0
     assert s["hallucination/descriptions_rate"] == pytest.approx(1 / 3)
+
+
+def test_sentences_stating_the_type_are_not_location_claims():
+    c = claims.extract_claims({"full": "The defect pattern on this wafer is center and edge-ring and scratch. "
+                                       "Failures lie at the edge around 3 o'clock."})
+    assert c["zone"] == ["edge"] and c["clock"] == [3] and c["pattern"] == ["Edge-Ring", "Scratch"]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.chat_server import body, server  # noqa: F401  (fixture)
+from tests.chat_server import body
 from wafersage_utils import llm
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")

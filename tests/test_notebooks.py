@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wafersage_utils import corpus, pipeline, table
+from wafersage_utils import corpus, table
 from wafersage_utils.params import notebook_parameters
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.chat_server import last_user_text, server  # noqa: F401  (fixture)
+from tests.chat_server import last_user_text
 from tests.conftest import ROOT
 from wafersage_utils import corpus, pipeline
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.chat_server import last_user_text, server  # noqa: F401  (fixture)
+from tests.chat_server import last_user_text
 from tests.test_synth import _one
 from wafersage_utils import facts, knowledge, llm, teacher
 from wafersage_utils.rubric import rules_rubric

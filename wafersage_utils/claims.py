@@ -9,9 +9,9 @@ edge) and from the structured JSON:
 - pattern: it names a pattern that is neither the map's label nor plausible from the facts;
 - root_cause: it proposes a cause the knowledge base lists as contradicting the map's pattern.
 
-Zone and clock claims are read from the spatial description, the structured JSON and the non-causal
-sentences of the full analysis (cause sentences like "center-to-edge deposition gradient" name places
-that are not claims about this map).
+Zone and clock claims are read from the spatial description, the structured JSON and those sentences of
+the full analysis that neither state the defect type nor discuss causes (cause sentences like
+"center-to-edge deposition gradient" name places that are not claims about this map).
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ _RANGE = re.compile(rf"\b{_HOUR}(?:{_OCLOCK})?\s*(?:to|and|through|-|–)\s*{_HO
 _SINGLE = re.compile(rf"\b{_HOUR}{_OCLOCK}")
 _CAUSAL = re.compile(r"\b(caus\w*|due to|points? to|indicat\w*|consistent with|suggest\w*|hypothes\w*|likely|"
                      r"check\w*|root|could|may|might|equipment|process)\b")
+# Sentences that state the defect type ("The defect pattern on this wafer is center and scratch."): their
+# pattern names are checked as patterns, not as places.
+_TYPE = re.compile(r"\bpatterns? (on this wafer )?(is|are)\b|\bshows? (an? |no )?[\w\- ]*\bpatterns?\b")
 ZONE_TOLERANCE = 0.5  # a zone claim stands if the zone's clustered density reaches this share of the zone rule
 
 
@@ -74,7 +77,8 @@ def _hours(text: str) -> list[int]:
 def location_text(desc: dict) -> str:
     """The text whose zone and clock words are claims about the map: spatial, plus non-causal full sentences,
     with pattern names masked."""
-    full = [s for s in re.split(r"(?<=[.!?])\s+", desc.get("full") or "") if not _CAUSAL.search(s.lower())]
+    full = [s for s in re.split(r"(?<=[.!?])\s+", desc.get("full") or "")
+            if not _CAUSAL.search(s.lower()) and not _TYPE.search(s.lower())]
     text = " ".join([desc.get("spatial") or ""] + full)
     for rx in PATTERN_WORDS.values():  # "edge-ring" names a pattern (checked as such), not a place
         text = rx.sub("pattern", text.lower())
