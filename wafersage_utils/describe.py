@@ -64,8 +64,8 @@ def spatial_sentences(f: dict, rng: np.random.Generator) -> list[str]:
         out.append(f"{lead} {_a(shape)} in the {reg['zone']} zone {clock_phrase(reg)}, about "
                    f"{reg['length_dies']:.0f} dies long and {reg['width_dies']:.0f} wide ({reg['dies']} dies).")
     if not f["regions"] and not f["ring_zones"]:
-        out.append(rng.choice(["No failing region stands out from the background.",
-                               "The failing dies do not group into any distinct region."]))
+        out.append(rng.choice(["No distinct failing region stands out from the background.",
+                               "There is no distinct failing region: the failing dies do not group."]))
     if f["scattered"]:
         out.append(f"Many failures ({f['fail_ratio']:.0%} of dies) are scattered over the wafer without structure.")
     if f["zones_with_failures"]:

@@ -162,11 +162,12 @@ def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rub
         defect_types=labels,
         spatial_rubric=SpatialRubric(
             zone=", ".join(f["zones_with_failures"]), clock_position=", ".join(clock),
-            distribution="continuous ring" if f["ring_zones"] else "scattered" if f["scattered"] else "",
+            distribution="continuous ring" if f["ring_zones"] else "scattered" if f["scattered"] else
+            "" if regions else "no distinct failing region",
             spatial_avoid=[z for z in ("center", "mid-radius", "edge") if z not in f["zones_with_failures"]]
             + avoid_clock),
         morphology_rubric=MorphologyRubric(
-            pattern_type=", ".join(PATTERN_NAMES[lab] for lab in labels if lab != "none"),
+            pattern_type=", ".join(PATTERN_NAMES[lab] for lab in labels if lab != "none") or "no systematic pattern",
             density=density_word(f) if regions or f["ring_zones"] else "",
             geometric_structure=", ".join(shapes),
             morphology_avoid=avoid_patterns + (["ring"] if "ring" not in shapes and not f["ring_zones"] else [])),
