@@ -83,3 +83,10 @@ def test_near_full_fails_everywhere_without_regions():
     f = facts.measure(m)
     assert f["near_full"] and f["zones_with_failures"] == ["center", "mid-radius", "edge"]
     assert f["regions"] == [] and f["ring_zones"] == []
+
+
+def test_thick_annulus_is_a_ring_and_a_large_centred_blob_is_not():
+    m, _ = _one("Donut", cx=0.0, cy=0.0, r_inner=0.32, r_outer=0.9, density=0.95)
+    assert facts.measure(m)["regions"][0]["shape"] == "ring"
+    m, _ = _one("Center", cx=0.0, cy=0.0, radius=0.6, density=0.95)
+    assert facts.measure(m)["regions"][0]["shape"] == "blob"

@@ -36,7 +36,9 @@ def clock_phrase(region: dict) -> str:
         return "running all the way around"
     if "from_clock" in region:
         return f"from {region['from_clock']} to {region['to_clock']} o'clock"
-    return f"around {region['clock']} o'clock" if region.get("clock") else "at the wafer center"
+    if region.get("clock"):
+        return f"around {region['clock']} o'clock"
+    return "at the wafer center" if region["zone"] == "center" else "centred on the wafer"
 
 
 def density_word(f: dict) -> str:

@@ -69,7 +69,10 @@ def describe_region(sel: np.ndarray, x: np.ndarray, y: np.ndarray, r: np.ndarray
     r_c = np.hypot(cx, cy)
     ux, uy = (cx / r_c, cy / r_c) if r_c > 1e-6 else (0.0, 0.0)
     tangential = float(_radial_alignment(cov[0, 0], cov[1, 1], cov[0, 1], ux, uy)) < -0.3
-    if coverage >= rules.ring_coverage and steady_radius and hollow:
+    # A thick annulus (real Donut maps) is not steady in radius, but it is centred and its middle is empty:
+    # even the innermost 2% of its dies lie well away from the wafer center (a filled disc's do not).
+    thick_ring = float(np.hypot(cx, cy)) < 0.15 and float(np.percentile(pr, 2)) >= 0.15
+    if coverage >= rules.ring_coverage and ((steady_radius and hollow) or thick_ring):
         shape = "ring"
     elif coverage >= rules.arc_coverage and steady_radius and tangential and elong >= 0.5:
         shape = "arc"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .llm import ChatResult, ResponseCache, cache_key
+from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning
 
 log = logging.getLogger("wafersage.hf_chat")
 
@@ -95,10 +95,12 @@ class HFChat:
                 results[i] = ChatResult(hit["text"], cached=True)
             else:
                 todo.append(i)
-        # Same sampling settings batch together (a batch shares max_tokens and temperature).
-        todo.sort(key=lambda i: (requests[i].get("max_tokens"), requests[i].get("temperature")))
-        for s in tqdm(range(0, len(todo), self.batch_size), desc=desc, disable=not progress, mininterval=2.0):
-            idx = todo[s: s + self.batch_size]
+        # A batch shares max_tokens and temperature: batches are cut within groups of equal settings.
+        groups: dict[tuple, list[int]] = {}
+        for i in todo:
+            groups.setdefault((requests[i].get("max_tokens"), requests[i].get("temperature")), []).append(i)
+        batches = [g[s: s + self.batch_size] for g in groups.values() for s in range(0, len(g), self.batch_size)]
+        for idx in tqdm(batches, desc=desc, disable=not progress, mininterval=2.0):
             t0 = time.perf_counter()
             self.n_requests += len(idx)
             try:
@@ -110,7 +112,7 @@ class HFChat:
                 continue
             dt = (time.perf_counter() - t0) / len(idx)
             for i, text in zip(idx, texts):
-                text = text.strip()
+                text = strip_reasoning(text)
                 if text:
                     self.cache.put(keys[i], {"text": text, "model": self.name})
                     results[i] = ChatResult(text, seconds=dt)

@@ -120,10 +120,15 @@ def parse_response(body: dict) -> tuple[str, str | None, dict]:
         refusal = msg.get("refusal")
         raise MalformedResponse(f"refused: {refusal}" if refusal else
                                 f"empty content (finish_reason {choices[0].get('finish_reason')!r})")
-    text = _THINK.sub("", str(content)).strip()  # Qwen3 thinking models served without a reasoning parser
+    text = strip_reasoning(str(content))  # Qwen3 thinking models served without a reasoning parser
     if not text:
         raise MalformedResponse("only reasoning, no answer (raise max_tokens?)")
     return text, choices[0].get("finish_reason"), dict(body.get("usage") or {})
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer without a leading <think>...</think> block (or an unfinished one)."""
+    return _THINK.sub("", text).strip()
 
 
 class ResponseCache:
