@@ -111,6 +111,12 @@ class Rubric(_Part):
         }
 
 
+def _avoid_names() -> dict[str, str]:
+    """Pattern names as must-avoid terms: 'center pattern', since 'center' alone is also a place."""
+    from .describe import PATTERN_NAMES
+    return PATTERN_NAMES | {"Center": "center pattern"}
+
+
 def _hours(hour: int) -> str:
     return f"{hour} o'clock"
 
@@ -154,8 +160,15 @@ def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rub
     for r in local:
         clock += [_hours(r["from_clock"]), _hours(r["to_clock"])] if "from_clock" in r else \
             ([_hours(r["clock"])] if r.get("clock") else [])
-    avoid_clock = [_hours(_opposite(r["clock"])) for r in local if r.get("clock") and "from_clock" not in r]
-    avoid_patterns = [PATTERN_NAMES[p] for p, ok in _PLAUSIBLE.items() if p not in labels and not ok(f)]
+    sectors = set(f["clock_sectors"]) | {s for r in regions for s in r["clock_sectors"]}
+    free = lambda h: not any(((h - 1 + d) % 12) + 1 in sectors for d in (-1, 0, 1))  # noqa: E731
+    avoid_clock = [_hours(_opposite(r["clock"])) for r in local if r.get("clock") and "from_clock" not in r
+                   and not f["ring_zones"] and free(_opposite(r["clock"]))]
+    # A label names where its failures are (Center, Edge-Ring, Edge-Loc): that zone is never to be avoided.
+    implied = {z for lab, z in (("Center", "center"), ("Edge-Ring", "edge"), ("Edge-Loc", "edge")) if lab in labels}
+    AVOID_NAMES = _avoid_names()  # noqa: N806
+    avoid_patterns = [AVOID_NAMES[p] for p, ok in _PLAUSIBLE.items() if p not in labels and not ok(f)]
+    ringed = bool({"Edge-Ring", "Donut"} & set(labels))  # their names hold the word "ring"
     shapes = sorted({r["shape"] for r in regions})
     causes = [c for lab in labels for c in kb[lab].candidate_causes]
     return Rubric(
@@ -164,13 +177,14 @@ def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rub
             zone=", ".join(f["zones_with_failures"]), clock_position=", ".join(clock),
             distribution="continuous ring" if f["ring_zones"] else "scattered" if f["scattered"] else
             "" if regions else "no distinct failing region",
-            spatial_avoid=[z for z in ("center", "mid-radius", "edge") if z not in f["zones_with_failures"]]
+            spatial_avoid=[z for z in ("center", "mid-radius", "edge") if z not in f["zones_with_failures"] and z not in implied]
             + avoid_clock),
         morphology_rubric=MorphologyRubric(
             pattern_type=", ".join(PATTERN_NAMES[lab] for lab in labels if lab != "none") or "no systematic pattern",
             density=density_word(f) if regions or f["ring_zones"] else "",
             geometric_structure=", ".join(shapes),
-            morphology_avoid=avoid_patterns + (["ring"] if "ring" not in shapes and not f["ring_zones"] else [])),
+            morphology_avoid=avoid_patterns + (["ring"] if "ring" not in shapes and not f["ring_zones"] and not ringed
+                                               else [])),
         root_cause_rubric=RootCauseRubric(
             equipment_category=", ".join(kb[labels[0]].equipment_categories[:1]),
             process_step=", ".join(kb[labels[0]].process_steps[:1]), potential_causes=causes,

@@ -69,18 +69,23 @@ def term_found(term: str, answer: str, threshold: float) -> bool:
 
     The term is compared (rapidfuzz ratio, so 'centre' matches 'center' and 'scratches' 'scratch') with
     every run of whole words of about its length in each clause; a match counts unless the clause negates it.
-    Whole words keep 'ring' from matching inside 'handling'.
+    Whole words keep 'ring' from matching inside 'handling'; numbers must match exactly, so '4 o'clock' is
+    not found in '10 o'clock' however close the strings are.
     """
     needle = default_process(term)
     if not needle:
         return False
     needle_words = set(needle.split())
+    numbers = [w for w in needle.split() if w.isdigit()]
     k = len(needle.split())
     for clause in clauses(answer):
         words = default_process(clause).split()
         for n in {max(1, k - 1), k, k + 1}:
             for i in range(0, len(words) - n + 1):
-                if fuzz.ratio(needle, " ".join(words[i: i + n])) >= threshold * 100 and not _negated(words, i, i + n, needle_words):
+                window = words[i: i + n]
+                if numbers and [w for w in window if w.isdigit()] != numbers:
+                    continue
+                if fuzz.ratio(needle, " ".join(window)) >= threshold * 100 and not _negated(words, i, i + n, needle_words):
                     return True
     return False
 
