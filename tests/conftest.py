@@ -35,5 +35,5 @@ def rng():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """Stages 01 to 03 run once with params/smoke.yaml (read-only for the tests that use it)."""
-    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01-03", results_dir=tmp_path_factory.mktemp("runs"))
+    """Stages 01 to 04 run once with params/smoke.yaml (read-only for the tests that use it)."""
+    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01-04", results_dir=tmp_path_factory.mktemp("runs"))

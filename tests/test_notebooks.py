@@ -71,3 +71,26 @@ def test_stages_02_and_03_with_smoke_params(smoke_run):
     figs = {p.name for p in (run / "figures").glob("*.png")}
     assert {"fig_fact_distributions.png", "fig_examples_with_descriptions.png", "fig_quarantine_reasons.png",
             "fig_rubric_separation.png"} <= figs
+
+
+@pytest.mark.slow
+def test_stage_04_with_smoke_params(smoke_run):
+    from datasets import load_from_disk
+
+    from wafersage_utils import exports
+    run = smoke_run
+    m = json.loads((run / "metrics" / "04_vqa.json").read_text())
+    assert m["leaking_questions"] == 0 and m["split/wafers_in_two_splits"] == 0 and m["split/lots_in_two_splits"] == 0
+    assert m["templates/card_prompts_asked"] == 4 and m["templates/distinct"] >= 20
+    qa = corpus.read_corpus(run / "data" / "vqa.parquet", "vqa")
+    per_wafer = qa.groupby("wafer_id").size()
+    assert per_wafer.between(7, 9).all() and len(qa) == m["n_pairs"] == m["n_pairs_generated"] - m["dropped/total"]
+    assert set(qa["category"]) == {"defect_type", "spatial", "morphology", "root_cause", "consistency"}
+    assert set(qa["difficulty"]) == {"easy", "medium", "hard"}
+    maps = table.read_table(run / "data" / "maps.parquet").set_index("id")
+    assert (qa["split"].to_numpy() == maps.loc[qa["wafer_id"], "split"].to_numpy()).all()
+    sft = load_from_disk(str(run / "data" / "exports" / "trl_sft" / "train"))
+    assert len(sft) == (qa["split"] == "train").sum() and sft[0]["messages"][1]["role"] == "assistant"
+    back = exports.load_public(run / "data" / "exports" / "public" / "wafermap_vqa_test.parquet")
+    assert sorted(back["id"]) == sorted(qa.loc[qa["split"] == "test", "id"])
+    assert {"fig_vqa_categories_and_lengths.png", "fig_vqa_examples.png"} <= {p.name for p in (run / "figures").glob("*.png")}

@@ -14,6 +14,8 @@ from wafersage_utils import corpus, pipeline
 
 def responder(request):
     text = last_user_text(request)
+    if "Rewrite this question" in text:
+        return "Tell me, " + text.split("Question: ")[1][0].lower() + text.split("Question: ")[1][1:]
     if "Write a grading rubric" in text:
         labs = re.search(r"Defect type \(from inspection\): (.+?)\.\s", text).group(1)
         types = ["none"] if "(none)" in labs else labs.split(" + ")
@@ -69,3 +71,11 @@ def test_openai_backends_end_to_end_with_resume(smoke_run, tmp_path, server):
     assert not spatial_avoid.map(lambda a: "edge" in a).any()  # every kept map has edge failures: grounded away
     again_run, again2, again3 = _run(tmp_path, url2, force=True)
     assert again2["requests_sent"] == 0 and again3["requests_sent"] == 0 and again2["n_cached"] == n
+
+    # Stage 04 with model paraphrases on top of these rubrics.
+    sets = ["04_vqa.paraphrase_backend=openai", f"04_vqa.base_url={url2}", "04_vqa.max_retries=0", "04_vqa.paraphrase_share=0.5"]
+    pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="04", run_name="openai", overrides=sets, results_dir=tmp_path)
+    m4 = json.loads((run / "metrics" / "04_vqa.json").read_text())
+    assert m4["paraphrase/kept"] == m4["paraphrase/sent"] > 0 and m4["leaking_questions"] == 0
+    qa = corpus.read_corpus(run / "data" / "vqa.parquet", "vqa")
+    assert qa["question"].str.startswith("Tell me, ").sum() > 0.3 * len(qa)

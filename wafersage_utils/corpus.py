@@ -4,6 +4,7 @@ data/facts.parquet         id, facts (JSON) and flat columns for plots and filte
 data/descriptions.parquet  id, backend, full, spatial, root_cause, structured (JSON), quarantined, reason
 data/rubrics.parquet       id, backend, rubric (JSON), <dimension>_must_hit / _must_avoid lists,
                            quarantined, reason
+data/vqa.parquet           one row per question-answer pair (stage 04, see :mod:`.vqa`)
 data/images/<size>/*.png   rendered maps, named by content hash (column `image` holds the relative path)
 
 Tables are parquet (load them with pandas, or `datasets.load_dataset("parquet", data_files=...)`), written
@@ -29,6 +30,8 @@ REQUIRED = {
     "facts": ("id", "facts"),
     "descriptions": ("id", "backend", "full", "spatial", "root_cause", "structured", "quarantined", "reason"),
     "rubrics": ("id", "backend", "rubric", "quarantined", "reason"),
+    "vqa": ("id", "wafer_id", "lot", "split", "labels", "image", "category", "difficulty", "question", "answer",
+            "reasoning_answer", "dims", "terms", "must_hit", "must_avoid", "qa_index"),
 }
 
 
@@ -48,7 +51,7 @@ def write_parquet(df: pd.DataFrame, path: Path) -> Path:
 
 
 def read_corpus(path: Path, kind: str) -> pd.DataFrame:
-    """Read one of the corpus tables, checking its columns (kind: facts, descriptions or rubrics)."""
+    """Read one of the corpus tables, checking its columns (kind: facts, descriptions, rubrics or vqa)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the stage that writes the {kind} table first")

@@ -159,3 +159,17 @@ def score_separation(own: np.ndarray, other: np.ndarray, title: str):
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def vqa_overview(qa: pd.DataFrame):
+    """Pairs per category and difficulty, and answer length (words) per category."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.6))
+    order = ["easy", "medium", "hard"]
+    ct = pd.crosstab(qa["category"], qa["difficulty"]).reindex(columns=[c for c in order if c in set(qa["difficulty"])])
+    ct.plot.barh(stacked=True, ax=ax1, color=["#92c5de", "#4393c3", "#2166ac"][: ct.shape[1]])
+    ax1.set(xlabel="pairs", ylabel="", title="Pairs per category and difficulty")
+    words = qa.assign(words=qa["answer"].str.split().map(len))
+    sns.boxplot(data=words, x="words", y="category", ax=ax2, color="#d1e5f0", fliersize=2)
+    ax2.set(xlabel="answer length (words)", ylabel="", title="Answer lengths")
+    fig.tight_layout()
+    return fig

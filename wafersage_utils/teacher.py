@@ -20,7 +20,8 @@ from .rubric import Rubric, split_terms
 
 DEFAULT_PROMPTS = Path(__file__).resolve().parent / "knowledge" / "prompts.yaml"
 OUTPUTS = ("full", "spatial", "root_cause", "structured")
-PROMPT_KEYS = ("conventions", "label_hint", "teacher_system", *OUTPUTS, "rubric_system", "rubric", "repair")
+PROMPT_KEYS = ("conventions", "label_hint", "teacher_system", *OUTPUTS, "rubric_system", "rubric", "repair",
+               "paraphrase")
 
 
 def load_prompts(path: str | Path = "") -> dict[str, str]:
@@ -162,3 +163,22 @@ def ground_rubric(rubric: Rubric, grounded: Rubric, labels: list[str], facts: di
     c.root_cause_avoid = [t for t in merge(split_terms(c.root_cause_avoid), grounded.root_cause_rubric.root_cause_avoid)
                           if t.lower() not in hits["root_cause"]]
     return r
+
+
+def paraphrase_questions(client, settings: ChatSettings, questions: list[str], may_name_pattern: list[bool],
+                         prompts: dict, progress: bool = True) -> tuple[list[str], list[str]]:
+    """Model paraphrases of questions; a paraphrase is kept only if it is one line ending in '?' or '.', at most twice
+    the original's length, and (unless allowed) names no pattern. Returns the questions and why each
+    paraphrase was rejected ('' when kept)."""
+    from .vqa import names_a_pattern
+    reqs = [build_request(settings, "", prompts["paraphrase"].format(question=q)) for q in questions]
+    res = client.complete_many(reqs, desc="paraphrase", progress=progress)
+    out, why = [], []
+    for q, allowed, r in zip(questions, may_name_pattern, res):
+        p = (r.text or "").strip().strip('"')
+        reason = (f"request: {r.error}" if r.error else "not one question" if "\n" in p or not p.endswith(("?", "."))
+                  else "too long" if len(p) > 2 * len(q) + 20 else
+                  "names a pattern" if not allowed and names_a_pattern(p) else "")
+        out.append(q if reason else p)
+        why.append(reason)
+    return out, why

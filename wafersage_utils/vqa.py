@@ -17,6 +17,8 @@ sampled as hard or a map with several patterns, capped at hard.
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -268,3 +270,29 @@ def distinct_n(texts: list[str], n: int = 2) -> float:
     """Distinct n-grams over all n-grams of the texts (answer diversity; 1.0: no n-gram repeats)."""
     grams = [tuple(w[i:i + n]) for t in texts for w in [t.lower().split()] for i in range(len(w) - n + 1)]
     return len(set(grams)) / max(len(grams), 1)
+
+
+_LEAK = re.compile(r"\b(rings?|ring-like|scratch-like|arcs?)\b")
+
+
+def names_a_pattern(question: str) -> bool:
+    """Does the question name a defect pattern (or the shape that gives one away)?"""
+    from .claims import PATTERN_WORDS
+    q = question.lower()
+    return bool(_LEAK.search(q)) or any(rx.search(q) for rx in PATTERN_WORDS.values())
+
+
+def pair_rows(wafer: dict, pairs: list[dict]) -> list[dict]:
+    """Table rows of one wafer's pairs (wafer: id, lot, split, labels, image, role)."""
+    rows = []
+    for p in pairs:
+        rows.append({
+            "id": f"{wafer['id']}-q{p['qa_index']}", "wafer_id": wafer["id"], "lot": str(wafer["lot"]),
+            "split": wafer["split"], "labels": list(wafer["labels"]), "image": wafer["image"], "role": wafer["role"],
+            "category": p["category"], "template": p["template"], "difficulty": p["difficulty"],
+            "question": p["question"], "answer": p["answer"], "reasoning_answer": p["reasoning_answer"],
+            "dims": p["dims"], "terms": json.dumps(p["terms"], sort_keys=True),
+            "must_hit": list(dict.fromkeys(t for v in p["terms"].values() for t in v["must_hit"])),
+            "must_avoid": list(dict.fromkeys(t for v in p["terms"].values() for t in v["must_avoid"])),
+            "premise": p["premise"], "qa_index": p["qa_index"]})
+    return rows

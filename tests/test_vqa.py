@@ -1,0 +1,132 @@
+"""VQA synthesis: no leakage, self-consistent references, the difficulty rule, duplicates, paraphrase
+checks, and export round trips (TRL formats, the public WaferSAGE schemas)."""
+import json
+
+import pandas as pd
+import pytest
+
+from tests.chat_server import last_user_text
+from wafersage_utils import describe, exports, facts, knowledge, llm, render, teacher, vqa
+from wafersage_utils.rubric import rules_rubric
+
+KB = knowledge.load_knowledge()
+
+
+@pytest.fixture(scope="module")
+def pairs(small_synth):
+    """Pairs of 150 generated wafers (grounded descriptions, rules rubrics), with their maps."""
+    out = []
+    for row in small_synth.head(150).itertuples():
+        f = facts.measure(row.wafer_map)
+        labels = list(row.labels)
+        d = describe.grounded_description(row.id, labels, f, KB, 0)
+        wafer = {"id": row.id, "lot": row.lot, "split": "train", "labels": labels, "image": "", "role": "typical"}
+        out.append((wafer, row.wafer_map, vqa.wafer_pairs(row.id, labels, False, f, d, rules_rubric(labels, f, KB), 9, 0)))
+    return out
+
+
+def test_no_question_outside_consistency_checks_names_a_pattern(pairs):
+    assert not [t.text for t in vqa.TEMPLATES if vqa.names_a_pattern(t.text)]
+    qs = [(p["category"], p["question"]) for _, _, ps in pairs for p in ps]
+    assert not [q for c, q in qs if c != "consistency" and vqa.names_a_pattern(q)]
+    assert any(vqa.names_a_pattern(q) for c, q in qs if c == "consistency")  # the checks may, and do
+
+
+def test_every_reference_answer_passes_its_own_rubric(pairs):
+    failures = [(p["template"], vqa.self_check(p, 0.9)) for _, _, ps in pairs for p in ps if vqa.self_check(p, 0.9)]
+    assert not failures, failures[:5]
+
+
+def test_a_contradicting_answer_fails_the_self_check(pairs):
+    p = next(p for _, _, ps in pairs for p in ps if p["category"] == "defect_type" and p["terms"]["morphology"]["must_avoid"])
+    wrong = dict(p, answer=f"This wafer map shows a {p['terms']['morphology']['must_avoid'][0]} defect pattern.")
+    assert vqa.self_check(wrong, 0.9).startswith("answer contains a must-avoid term")
+    assert "scores" in vqa.self_check(dict(p, answer="Nothing to report."), 0.9)
+
+
+def test_pairs_cover_every_category_with_false_premises(pairs):
+    for _, _, ps in pairs:
+        assert 7 <= len(ps) <= 9 and {p["category"] for p in ps} >= {"defect_type", "spatial", "morphology", "root_cause"}
+    consistency = [p for _, _, ps in pairs for p in ps if p["category"] == "consistency"]
+    assert {p["premise"] for p in consistency} == {True, False}
+    assert all(p["answer"].startswith("No.") for p in consistency if p["premise"] is False)
+    assert {p["template"] for _, _, ps in pairs for p in ps} >= set(vqa.CARD_PROMPTS)
+
+
+def test_difficulty_rule():
+    assert vqa.difficulty("easy", False) == "easy" and vqa.difficulty("easy", True) == "medium"
+    assert vqa.difficulty("hard", True) == "hard" and vqa.difficulty("medium", False) == "medium"
+
+
+def test_pairs_are_deterministic(small_synth):
+    row = small_synth.iloc[3]
+    f = facts.measure(row.wafer_map)
+    d = describe.grounded_description(row.id, list(row.labels), f, KB, 0)
+    r = rules_rubric(list(row.labels), f, KB)
+    a, b = (vqa.wafer_pairs(row.id, list(row.labels), False, f, d, r, 9, 0) for _ in range(2))
+    assert a == b and a != vqa.wafer_pairs(row.id, list(row.labels), False, f, d, r, 9, 1)
+
+
+def test_near_duplicates():
+    assert vqa.near_duplicates(["Where are the defects?", "Where are the defects ?", "What caused it?",
+                                "where are the defects?"]) == [False, True, False, True]
+
+
+def _rows(pairs, run_dir):
+    rows = []
+    for wafer, m, ps in pairs[:12]:
+        path = render.render_cached([m], 64, run_dir / "data" / "images")[0]
+        rows += vqa.pair_rows(dict(wafer, image=str(path.relative_to(run_dir))), ps)
+    return pd.DataFrame(rows)
+
+
+def test_public_schema_round_trip(pairs, tmp_path):
+    qa = _rows(pairs, tmp_path)
+    pngs = exports.image_bytes(qa, tmp_path)
+    for kind, build in (("vqa", exports.to_public_vqa), ("rubric", exports.to_public_rubric)):
+        path = exports.write_public(build(qa, tmp_path), tmp_path / f"{kind}.parquet")
+        back = exports.load_public(path)
+        assert list(back["id"]) == list(qa["id"]) and list(back["question"]) == list(qa["question"])
+        assert list(back["answer"]) == list(qa["answer"]) and list(back["labels"]) == list(qa["labels"])
+        assert list(back["difficulty"]) == list(qa["difficulty"]) and list(back["image_bytes"]) == pngs
+        assert list(back["wafer_id"]) == list(qa["wafer_id"])
+    assert list(back["must_hit"]) == list(qa["must_hit"]) and list(back["terms"]) == list(qa["terms"])
+    from datasets import load_dataset
+    ds = load_dataset("parquet", data_files=str(tmp_path / "vqa.parquet"), split="train")
+    assert ds.features["image"].__class__.__name__ == "Image" and ds[0]["image"].size == (64, 64)
+    # Rows read back train like our own: the SFT builder takes them as they are.
+    assert len(exports.to_sft_dataset(back, tmp_path)) == len(qa)
+
+
+def test_load_public_names_what_is_missing(tmp_path):
+    pd.DataFrame({"id": ["a"], "query": ["q"]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(ValueError, match=r"bad.parquet: neither .* missing"):
+        exports.load_public(tmp_path / "bad.parquet")
+
+
+def test_trl_formats(pairs, tmp_path):
+    qa = _rows(pairs, tmp_path)
+    sft = exports.to_sft_dataset(qa, tmp_path, "reasoning")
+    ex = sft[0]
+    assert [m["role"] for m in ex["messages"]] == ["user", "assistant"] and ex["images"][0].size == (64, 64)
+    assert ex["messages"][0]["content"][0]["type"] == "image"
+    assert ex["messages"][1]["content"][0]["text"].startswith("<REASONING>")
+    grpo = exports.to_grpo_dataset(qa, tmp_path)[0]
+    assert grpo["prompt"][0]["content"][0]["text"] == vqa.SYSTEM_PROMPT
+    assert json.loads(grpo["rubric"]) and isinstance(grpo["must_hit"], list)
+
+
+def test_paraphrases_that_leak_or_ramble_are_rejected(server, tmp_path):
+    answers = {"Where are the defects located on the wafer?": "In which part of the wafer do the failing dies sit?",
+               "What does the cluster of failing dies look like?": "Where is the donut?",
+               "Describe the shape of the failing region.": "Sure!\nHere it is"}
+
+    def responder(request):
+        return answers[last_user_text(request).split("Question: ")[1]]
+    url, _ = server([], responder=responder)
+    s = llm.ChatSettings(model="p", base_url=url, timeout_s=5, max_retries=0)
+    qs = list(answers)
+    got, why = teacher.paraphrase_questions(llm.ChatClient(s, tmp_path), s, qs, [False] * 3, teacher.load_prompts(),
+                                            progress=False)
+    assert got == ["In which part of the wafer do the failing dies sit?", qs[1], qs[2]]
+    assert why == ["", "names a pattern", "not one question"]
