@@ -15,13 +15,13 @@ KB = knowledge.load_knowledge()
 @pytest.fixture(scope="module")
 def pairs(small_synth):
     """Pairs of 150 generated wafers (grounded descriptions, rules rubrics), with their maps."""
-    out = []
+    out, tally = [], {}
     for row in small_synth.head(150).itertuples():
         f = facts.measure(row.wafer_map)
         labels = list(row.labels)
         d = describe.grounded_description(row.id, labels, f, KB, 0)
         wafer = {"id": row.id, "lot": row.lot, "split": "train", "labels": labels, "image": "", "role": "typical"}
-        out.append((wafer, row.wafer_map, vqa.wafer_pairs(row.id, labels, False, f, d, rules_rubric(labels, f, KB), 9, 0)))
+        out.append((wafer, row.wafer_map, vqa.wafer_pairs(row.id, labels, False, f, d, rules_rubric(labels, f, KB), 9, 0, tally)))
     return out
 
 
@@ -51,6 +51,14 @@ def test_pairs_cover_every_category_with_false_premises(pairs):
     assert {p["premise"] for p in consistency} == {True, False}
     assert all(p["answer"].startswith("No.") for p in consistency if p["premise"] is False)
     assert {p["template"] for _, _, ps in pairs for p in ps} >= set(vqa.CARD_PROMPTS)
+
+
+def test_yes_and_no_answers_are_balanced_per_kind_of_check(pairs):
+    from collections import Counter
+    counts = Counter((p["template"], p["premise"]) for _, _, ps in pairs for p in ps
+                     if p["category"] == "consistency" and p["template"] != "card_choice")
+    kinds = {k for k, _ in counts}
+    assert len(kinds) >= 4 and all(abs(counts[(k, True)] - counts[(k, False)]) <= 1 for k in kinds), counts
 
 
 def test_difficulty_rule():

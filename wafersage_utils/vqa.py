@@ -13,6 +13,10 @@ Difficulty rule (stated once, applied to every pair): each template has a base l
 true-premise checks easy; spatial, morphology, root cause and the choice question medium; the combined
 morphology-and-spatial question and false-premise checks hard), raised one level for a map stage 01
 sampled as hard or a map with several patterns, capped at hard.
+
+Yes/no checks are balanced per kind of check over the data set (a shared tally decides which check a wafer
+gets, and whether a zone or clock check asks about a place with or without failures), so that the wording
+of a question never predicts its answer.
 """
 from __future__ import annotations
 
@@ -118,22 +122,37 @@ def _observations(f: dict) -> str:
             f"Distinct failing regions: {regions}.")
 
 
-def _consistency(kind: str, labels: list[str], f: dict, rng) -> dict | None:
-    """One yes/no (or choice) check: question, answer, premise truth, its dimension and terms."""
+def _quadrant(hour: int) -> str:
+    """The quadrant a clock hour points into (12 to 3 upper-right, 3 to 6 lower-right, ...)."""
+    return {0: "upper-right", 1: "lower-right", 2: "lower-left", 3: "upper-left"}[(hour % 12) // 3]
+
+
+def _consistency(kind: str, labels: list[str], f: dict, rng, want: bool | None = None) -> dict | None:
+    """One yes/no (or choice) check: question, answer, premise truth, its dimension and terms. Where the map
+    allows both answers (zone, clock), `want` picks the premise's truth; None when the check cannot be asked."""
     regions = f["regions"]
     main = _first(" ".join([type_sentence(labels)]))
+    sectors = set(f["clock_sectors"]) | {s for g in regions for s in g["clock_sectors"]}
     if kind == "check_zone":
-        zone = str(rng.choice(["center", "mid-radius", "edge"]))
+        options = [z for z in ("center", "mid-radius", "edge") if want is None or (z in f["zones_with_failures"]) == want]
+        if not options:
+            return None
+        zone = str(rng.choice(options))
         yes = zone in f["zones_with_failures"]
         q = f"Are there clustered failures at the {zone} of this wafer?"
         a = f"Yes. Clustered failures lie at the {zone}." if yes else f"No. The {zone} is clear of clustered failures."
         return {"q": q, "a": a, "premise": yes, "dim": "spatial", "term": zone}
     if kind == "check_scratch":
-        if any(r["shape"] == "line" for r in regions) or "Scratch" in labels:
-            return None  # only a false premise is asked here; true scratches are asked by check_clock
-        quad = str(rng.choice(QUADRANTS))
-        return {"q": f"Is there a scratch running across the {quad} part of this wafer?",
-                "a": f"No. There is no scratch on this wafer. {main}", "premise": False, "dim": "morphology",
+        lines = [r for r in regions if r["shape"] == "line"]
+        if bool(lines) != ("Scratch" in labels):
+            return None  # facts and label disagree: no clear answer
+        # The same wording for true and false premises, so that the question does not give the answer away.
+        quad = _quadrant(lines[0]["from_clock"]) if lines else str(rng.choice(QUADRANTS))
+        q = f"Is there a scratch running across the {quad} part of this wafer?"
+        if lines:
+            return {"q": q, "a": f"Yes. A scratch runs from {lines[0]['from_clock']} to {lines[0]['to_clock']} o'clock.",
+                    "premise": True, "dim": "morphology", "term": "scratch"}
+        return {"q": q, "a": f"No. There is no scratch on this wafer. {main}", "premise": False, "dim": "morphology",
                 "term": "scratch"}
     if kind == "check_random":
         yes = f["scattered"] and not regions and not f["ring_zones"]
@@ -156,13 +175,17 @@ def _consistency(kind: str, labels: list[str], f: dict, rng) -> dict | None:
         if not located:
             return None
         r = located[0]
-        hour = int(r["clock"]) if rng.random() < 0.5 else (int(r["clock"]) + 5) % 12 + 1
-        sectors = set(f["clock_sectors"]) | {s for g in regions for s in g["clock_sectors"]}
-        yes = any(((hour - 1 + d) % 12) + 1 in sectors for d in (-1, 0, 1))
+        near = lambda h: any(((h - 1 + d) % 12) + 1 in sectors for d in (-1, 0, 1))  # noqa: E731
+        free = [h for h in range(1, 13) if not near(h)]
+        if want is None:
+            want = bool(rng.random() < 0.5) or not free
+        if not want and not free:
+            return None
+        hour = int(r["clock"]) if want else int(rng.choice(free))
         q = f"Are the failures concentrated around {hour} o'clock?"
-        a = (f"Yes. There are clustered failures around {hour} o'clock." if yes else
+        a = (f"Yes. The main failing region lies around {hour} o'clock." if want else
              f"No. The main failing region lies around {r['clock']} o'clock, not at {hour} o'clock.")
-        return {"q": q, "a": a, "premise": yes, "dim": "spatial", "term": f"{hour} o'clock"}
+        return {"q": q, "a": a, "premise": want, "dim": "spatial", "term": f"{hour} o'clock"}
     if kind == "card_choice":
         words = {"line": "scratch-like", "ring": "ring-like", "blob": "clustered", "arc": "clustered"}
         shapes = [words[r["shape"]] for r in regions] + (["ring-like"] if f["ring_zones"] else [])
@@ -202,11 +225,36 @@ def _terms(rubric: Rubric, t: Template) -> dict[str, dict[str, list[str]]]:
     return {d: terms[d] for d in t.dims}
 
 
+def _pick_check(checks: list[str], labels: list[str], f: dict, rng, tally: dict) -> tuple[str, dict] | None:
+    """The consistency check to ask next: among those the map allows, the (kind, answer) that answer is rarest
+    for so far (tally[kind] = [no, yes] counts over the wafers seen), so that no question's wording predicts
+    its answer. Removes the chosen kind from `checks`."""
+    options = []
+    for kind in checks:
+        for want in ((False, True) if kind in ("check_zone", "check_clock") else (None,)):
+            made = _consistency(kind, labels, f, rng, want)
+            if made is not None:
+                no, yes = tally.get(kind, [0, 0])
+                score = 0 if kind == "card_choice" else (yes - no) if made["premise"] else (no - yes)
+                if score <= 0:  # never let one answer run ahead for this kind of check
+                    options.append((score, kind, made))
+    if not options:
+        return None
+    best = min(o[0] for o in options)
+    _, kind, made = options[[i for i, o in enumerate(options) if o[0] == best][int(rng.integers(
+        sum(o[0] == best for o in options)))]]
+    checks.remove(kind)
+    tally.setdefault(kind, [0, 0])[int(made["premise"])] += 1
+    return kind, made
+
+
 def wafer_pairs(wafer_id: str, labels: list[str], hard_map: bool, f: dict, desc: dict, rubric: Rubric,
-                n_pairs: int, seed: int) -> list[dict]:
-    """n_pairs question-answer pairs for one wafer: one per category first (two consistency checks, one with a
-    false premise where the facts allow), the rest drawn at random; each with its terms and difficulty."""
+                n_pairs: int, seed: int, tally: dict | None = None) -> list[dict]:
+    """n_pairs question-answer pairs for one wafer: one per category first (at least two consistency checks),
+    the rest drawn at random; each with its terms and difficulty. Pass one `tally` dict for all wafers to
+    balance yes and no answers per kind of check over the data set."""
     rng = _rng(wafer_id, seed)
+    tally = {} if tally is None else tally
     hard = hard_map or len(labels) > 1
     by_cat = {c: [t for t in TEMPLATES if t.category == c] for c in CATEGORIES[:4]}
     plan = ["defect_type", "spatial", "morphology", "root_cause", "consistency", "consistency"]
@@ -215,13 +263,11 @@ def wafer_pairs(wafer_id: str, labels: list[str], hard_map: bool, f: dict, desc:
     rng.shuffle(checks)
     out, used = [], set()
     for cat in plan[:n_pairs]:
-        if cat == "consistency":
-            made = None
-            while checks and made is None:
-                kind = checks.pop()
-                made = _consistency(kind, labels, f, rng)
-            if made is None:
-                continue
+        picked = _pick_check(checks, labels, f, rng, tally) if cat == "consistency" else None
+        if cat == "consistency" and picked is None:  # no check keeps the answers balanced: ask something else
+            cat = str(rng.choice(CATEGORIES[:4]))
+        if picked is not None:
+            kind, made = picked
             base = "hard" if not made["premise"] else ("medium" if kind == "card_choice" else "easy")
             yes_no = [] if kind == "card_choice" else (["yes"] if made["premise"] else ["no"])
             hit = yes_no + ([made["term"]] if made["premise"] else [])
