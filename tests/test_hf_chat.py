@@ -102,3 +102,37 @@ def test_stage_02_with_the_hf_backend(parrot, smoke_run, tmp_path):
     assert desc["reason"].str.contains("zone: |clock: ").sum() == round(m["hallucination/descriptions_rate"] * 12)
     # The parrot never writes JSON: every structured output is reported as such, so every map is quarantined.
     assert desc["reason"].str.startswith("request: structured: no JSON object").all() and desc["quarantined"].all()
+
+
+def test_trl_trainers_accept_the_vqa_exports(parrot, tmp_path):
+    """One SFT step (assistant-only loss) and one GRPO step (GSPO settings) on the exported formats."""
+    import pandas as pd
+    from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+
+    from wafersage_utils import describe, exports, vqa
+    from wafersage_utils.rubric import rules_rubric
+    m, _ = _one("Edge-Loc", angle=90.0, span=60.0, depth=0.3, density=1.0)
+    f = facts.measure(m)
+    d = describe.grounded_description("w0", ["Edge-Loc"], f, KB, 0)
+    path = render.render_cached([m], 64, tmp_path / "img")[0]
+    wafer = {"id": "w0", "lot": "lot0", "split": "train", "labels": ["Edge-Loc"], "image": str(path.relative_to(tmp_path)),
+             "role": "typical"}
+    qa = pd.DataFrame(vqa.pair_rows(wafer, vqa.wafer_pairs("w0", ["Edge-Loc"], False, f, d, rules_rubric(["Edge-Loc"], f, KB), 8, 0)))
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    proc, model = AutoProcessor.from_pretrained(parrot), AutoModelForImageTextToText.from_pretrained(parrot)
+    common = dict(bf16=False, gradient_checkpointing=False, report_to=[], use_cpu=True, max_steps=1)
+    sft = SFTTrainer(model=model, processing_class=proc, train_dataset=exports.to_sft_dataset(qa, tmp_path, "reasoning"),
+                     args=SFTConfig(output_dir=str(tmp_path / "sft"), per_device_train_batch_size=2, max_length=None,
+                                    assistant_only_loss=True, **common))
+    assert sft.train().training_loss > 0
+    seen = {}
+
+    def reward(completions, must_hit, must_avoid, **kw):
+        seen["must_hit"] = must_hit
+        return [float(len(str(c)) % 7) for c in completions]
+    grpo = GRPOTrainer(model=model, processing_class=proc, reward_funcs=reward, train_dataset=exports.to_grpo_dataset(qa, tmp_path),
+                       args=GRPOConfig(output_dir=str(tmp_path / "grpo"), per_device_train_batch_size=4, num_generations=4,
+                                       max_completion_length=8, importance_sampling_level="sequence", loss_type="grpo",
+                                       **common))
+    grpo.train()
+    assert seen["must_hit"] and all(isinstance(x, list) for x in seen["must_hit"])
