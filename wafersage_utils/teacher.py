@@ -24,6 +24,18 @@ PROMPT_KEYS = ("conventions", "label_hint", "teacher_system", *OUTPUTS, "rubric_
                "paraphrase")
 
 
+def chat_client(backend: str, settings: ChatSettings, cache_dir: Path, hf_batch_size: int = 4):
+    """The client of a model backend: `openai` (remote endpoint) or `hf` (local transformers model named by
+    settings.model); both cache answers under cache_dir."""
+    if backend == "openai":
+        from .llm import ChatClient
+        return ChatClient(settings, cache_dir)
+    if backend == "hf":
+        from .hf_chat import HFChat
+        return HFChat(settings.model, cache_dir, hf_batch_size)
+    raise ValueError(f"backend {backend!r}: expected openai or hf")
+
+
 def load_prompts(path: str | Path = "") -> dict[str, str]:
     """The prompts file (packaged default when path is empty), checked for every key the stages use."""
     path = Path(path) if path else DEFAULT_PROMPTS
