@@ -138,3 +138,12 @@ def test_paraphrases_that_leak_or_ramble_are_rejected(server, tmp_path):
                                             progress=False)
     assert got == ["In which part of the wafer do the failing dies sit?", qs[1], qs[2]]
     assert why == ["", "names a pattern", "not one question"]
+
+
+def test_drop_reasons_name_duplicates_and_failed_references(pairs):
+    rows = pd.DataFrame(vqa.pair_rows(pairs[0][0], pairs[0][2]))
+    rows = pd.concat([rows, rows.iloc[[0]]], ignore_index=True)  # the first question again
+    rows.loc[1, "answer"] = "Nothing to report."
+    why = vqa.drop_reasons(rows, 0.9, 90.0)
+    assert why.iloc[-1] == "near-duplicate question" and "scores" in why.iloc[1]
+    assert (why.drop(index=[1, len(rows) - 1]) == "").all()

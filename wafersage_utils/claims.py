@@ -19,6 +19,7 @@ import re
 from collections import Counter
 
 from .conventions import NONE_LABEL
+from .facts import failing_hours, fails_near
 from .knowledge import PatternKnowledge
 from .rubric import _PLAUSIBLE, contradicting_causes
 from .scoring import clauses, negated_at, term_found
@@ -115,10 +116,6 @@ def extract_claims(desc: dict) -> dict[str, list]:
             "cause_text": " ".join([desc.get("full") or "", desc.get("root_cause") or ""])}
 
 
-def _near(hour: int, sectors: set[int]) -> bool:
-    return any(((hour - 1 + d) % 12) + 1 in sectors for d in (-1, 0, 1))
-
-
 def check_description(desc: dict, labels: list[str], facts: dict, kb: dict[str, PatternKnowledge],
                       zone_density: float = 0.08, threshold: float = 0.8) -> list[dict]:
     """Every claim of a description with its verdict: {kind, claim, contradicted, reason}."""
@@ -129,13 +126,10 @@ def check_description(desc: dict, labels: list[str], facts: dict, kb: dict[str, 
         bad = z not in facts["zones_with_failures"] and dens[z] < ZONE_TOLERANCE * zone_density
         out.append({"kind": "zone", "claim": z, "contradicted": bad,
                     "reason": f"failures claimed at the {z}; clustered density there is {dens[z]:.3f}" if bad else ""})
-    sectors = set(facts["clock_sectors"]) | {s for r in facts["regions"] for s in r["clock_sectors"]}
-    if facts["ring_zones"]:
-        sectors |= set(range(1, 13))
     for h in c["clock"]:
-        bad = not _near(h, sectors)
-        out.append({"kind": "clock", "claim": h, "contradicted": bad,
-                    "reason": f"{h} o'clock claimed; clustered failures only at {sorted(sectors) or 'no sector'}" if bad else ""})
+        bad = not fails_near(h, facts)
+        out.append({"kind": "clock", "claim": h, "contradicted": bad, "reason": f"{h} o'clock claimed; clustered "
+                    f"failures only at {sorted(failing_hours(facts)) or 'no sector'}" if bad else ""})
     for p in c["pattern"]:
         bad = p not in labels and (p.startswith("unknown:") or not _PLAUSIBLE[p](facts))
         out.append({"kind": "pattern", "claim": p, "contradicted": bad,

@@ -13,8 +13,6 @@ atomically. Reading checks the columns and names the file and what is missing.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .claims import check_description
 from .facts import FactRules, measure
+from .runs import atomic_target
 from .scoring import DIMENSIONS
 from .splits import stratified_cap
 
@@ -37,17 +36,9 @@ REQUIRED = {
 
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:
     """Write a table atomically: a failed write leaves any earlier file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def read_corpus(path: Path, kind: str) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .runs import atomic_target
 from .vqa import PUBLIC_TYPE, SYSTEM_PROMPT
 
 VQA_COLUMNS = ("id", "image", "query", "answer", "wafer_label", "question_type", "difficulty", "original_record_id",
@@ -110,11 +111,9 @@ def write_public(df: pd.DataFrame, path: Path) -> Path:
     """Parquet with the Hugging Face image feature recorded, so `datasets` decodes `image` as images."""
     from datasets import Dataset, Image
     ds = Dataset.from_pandas(df, preserve_index=False).cast_column("image", Image())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.to_parquet(str(tmp))
-    tmp.replace(path)
-    return path
+    with atomic_target(path) as tmp:
+        ds.to_parquet(str(tmp))
+    return Path(path)
 
 
 def _as_list(v) -> list:

@@ -169,3 +169,17 @@ def measure(m: np.ndarray, rules: FactRules = FactRules()) -> dict:
         "scattered": bool(ratio >= rules.random_ratio and float(clustered.sum()) < 0.5 * fails.sum()),
         "near_full": near_full,
     }
+
+
+def failing_hours(f: dict) -> set[int]:
+    """Clock hours (1 to 12) holding clustered failures: the sectors of the failing zones and of every region,
+    all twelve around a ring."""
+    if f["ring_zones"]:
+        return set(range(1, 13))
+    return set(f["clock_sectors"]) | {s for r in f["regions"] for s in r["clock_sectors"]}
+
+
+def fails_near(hour: int, f: dict) -> bool:
+    """Are there clustered failures within one hour of this clock position?"""
+    hours = failing_hours(f)
+    return any(((hour - 1 + d) % 12) + 1 in hours for d in (-1, 0, 1))

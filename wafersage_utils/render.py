@@ -8,14 +8,13 @@ the size and the palette, so every later stage reuses them.
 from __future__ import annotations
 
 import hashlib
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .conventions import PALETTE
+from .runs import atomic_target
 
 _LUT = np.array(PALETTE, dtype=np.uint8)  # (3 codes, RGB)
 
@@ -51,11 +50,8 @@ def image_key(m: np.ndarray, size: int) -> str:
 
 def save_png(img: Image.Image, path: Path) -> Path:
     """Write a lossless PNG via a temporary name, so a crash never leaves half a file."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1, bits=2)  # 3 colours: 2 bits a pixel
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        img.save(tmp, format="PNG", compress_level=1, bits=2)  # 3 colours: 2 bits a pixel
     return path
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from .conventions import VOCAB
+from .facts import fails_near
 
 _OPEN, _CLOSE = "([{", ")]}"
 _ALIASES = {v.lower().replace("-", " ").replace("_", " "): v for v in VOCAB} | {
@@ -160,10 +161,8 @@ def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rub
     for r in local:
         clock += [_hours(r["from_clock"]), _hours(r["to_clock"])] if "from_clock" in r else \
             ([_hours(r["clock"])] if r.get("clock") else [])
-    sectors = set(f["clock_sectors"]) | {s for r in regions for s in r["clock_sectors"]}
-    free = lambda h: not any(((h - 1 + d) % 12) + 1 in sectors for d in (-1, 0, 1))  # noqa: E731
     avoid_clock = [_hours(_opposite(r["clock"])) for r in local if r.get("clock") and "from_clock" not in r
-                   and not f["ring_zones"] and free(_opposite(r["clock"]))]
+                   and not fails_near(_opposite(r["clock"]), f)]
     # A label names where its failures are (Center, Edge-Ring, Edge-Loc): that zone is never to be avoided.
     implied = {z for lab, z in (("Center", "center"), ("Edge-Ring", "edge"), ("Edge-Loc", "edge")) if lab in labels}
     AVOID_NAMES = _avoid_names()  # noqa: N806

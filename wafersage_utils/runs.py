@@ -19,6 +19,7 @@ import platform
 import random
 import subprocess
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -31,13 +32,26 @@ TRACKED_PACKAGES = ("wafersage_utils", "numpy", "pandas", "pyarrow", "scipy", "s
                     "matplotlib", "seaborn")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temporary file and rename, so a crash never leaves half a file."""
+@contextmanager
+def atomic_target(path: Path):
+    """A temporary path beside `path` to write to; it replaces `path` only when the block succeeds, so a crash
+    or an error never leaves half a file and never touches what was there before."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (see :func:`atomic_target`)."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json(path: Path, obj) -> None:

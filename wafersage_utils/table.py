@@ -5,8 +5,6 @@ In memory: a DataFrame with one row per map and `wafer_map` holding 2-D uint8 ar
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .conventions import check_labels
+from .runs import atomic_target
 
 REQUIRED = ("id", "source", "lot", "wafer_index", "wafer_map", "height", "width", "labels")
 OPTIONAL = ("labels_true", "geometry")
@@ -54,20 +53,11 @@ def check_map(m, row: str) -> np.ndarray:
 
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write the table to parquet atomically: a failed write leaves any earlier file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = df.copy()
     flat["wafer_map"] = [np.ascontiguousarray(m, dtype=np.uint8).tobytes() for m in df["wafer_map"]]
-    table = pa.Table.from_pandas(flat, preserve_index=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_target(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(flat, preserve_index=False), tmp)
+    return Path(path)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from rapidfuzz import fuzz
 
 from .conventions import NONE_LABEL, PATTERNS
 from .describe import PATTERN_NAMES, _a
-from .facts import QUADRANTS
+from .facts import QUADRANTS, fails_near
 from .rubric import Rubric, split_terms
 from .scoring import RuleParams, dimension_score
 
@@ -132,7 +132,6 @@ def _consistency(kind: str, labels: list[str], f: dict, rng, want: bool | None =
     allows both answers (zone, clock), `want` picks the premise's truth; None when the check cannot be asked."""
     regions = f["regions"]
     main = _first(" ".join([type_sentence(labels)]))
-    sectors = set(f["clock_sectors"]) | {s for g in regions for s in g["clock_sectors"]}
     if kind == "check_zone":
         options = [z for z in ("center", "mid-radius", "edge") if want is None or (z in f["zones_with_failures"]) == want]
         if not options:
@@ -175,8 +174,7 @@ def _consistency(kind: str, labels: list[str], f: dict, rng, want: bool | None =
         if not located:
             return None
         r = located[0]
-        near = lambda h: any(((h - 1 + d) % 12) + 1 in sectors for d in (-1, 0, 1))  # noqa: E731
-        free = [h for h in range(1, 13) if not near(h)]
+        free = [h for h in range(1, 13) if not fails_near(h, f)]
         if want is None:
             want = bool(rng.random() < 0.5) or not free
         if not want and not free:
@@ -342,3 +340,14 @@ def pair_rows(wafer: dict, pairs: list[dict]) -> list[dict]:
             "must_avoid": list(dict.fromkeys(t for v in p["terms"].values() for t in v["must_avoid"])),
             "premise": p["premise"], "qa_index": p["qa_index"]})
     return rows
+
+
+def drop_reasons(qa, min_score: float, duplicate_threshold: float):
+    """Why each pair of the table is dropped ('' to keep): a near-duplicate of an earlier question of its wafer,
+    or a reference answer that fails its own rubric (:func:`self_check`)."""
+    import pandas as pd
+    dup = pd.Series(False, index=qa.index)
+    for _, g in qa.groupby("wafer_id", sort=False):
+        dup[g.index] = near_duplicates(list(g["question"]), duplicate_threshold)
+    return pd.Series(["near-duplicate question" if d else self_check({"answer": a, "terms": json.loads(t)}, min_score)
+                      for d, a, t in zip(dup, qa["answer"], qa["terms"])], index=qa.index)
