@@ -131,7 +131,7 @@ def _consistency(kind: str, labels: list[str], f: dict, rng, want: bool | None =
     """One yes/no (or choice) check: question, answer, premise truth, its dimension and terms. Where the map
     allows both answers (zone, clock), `want` picks the premise's truth; None when the check cannot be asked."""
     regions = f["regions"]
-    main = _first(" ".join([type_sentence(labels)]))
+    main = type_sentence(labels)
     if kind == "check_zone":
         options = [z for z in ("center", "mid-radius", "edge") if want is None or (z in f["zones_with_failures"]) == want]
         if not options:
