@@ -10,6 +10,10 @@ import pytest
 from wafersage_utils import loaders, pipeline, synth
 
 ROOT = Path(__file__).resolve().parent.parent
+# No hub is reachable: the Auto classes must never try. Built tiny bases go to a per-session folder, not ~/.cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest_plugins = ["tests.chat_server"]  # the `server` fixture: a scripted OpenAI-compatible endpoint
 
 
@@ -33,7 +37,26 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Tiny bases built during the tests live in a session folder ($WAFERSAGE_CACHE, inherited by notebooks)."""
+    path = tmp_path_factory.mktemp("wafersage_cache")
+    old = os.environ.get("WAFERSAGE_CACHE")
+    os.environ["WAFERSAGE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("WAFERSAGE_CACHE", None)
+    else:
+        os.environ["WAFERSAGE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """Stages 01 to 04 run once with params/smoke.yaml (read-only for the tests that use it)."""
     return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01-04", results_dir=tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="session")
+def sft_run(smoke_run):
+    """Stage 05 run once on the smoke run (adds models/ and metrics/05_sft.json; read-only for the tests)."""
+    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="05", results_dir=smoke_run.parent)

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from wafersage_utils import corpus, table
@@ -94,3 +95,25 @@ def test_stage_04_with_smoke_params(smoke_run):
     back = exports.load_public(run / "data" / "exports" / "public" / "wafermap_vqa_test.parquet")
     assert sorted(back["id"]) == sorted(qa.loc[qa["split"] == "test", "id"])
     assert {"fig_vqa_categories_and_lengths.png", "fig_vqa_examples.png"} <= {p.name for p in (run / "figures").glob("*.png")}
+
+
+@pytest.mark.slow
+def test_stage_05_with_smoke_params(sft_run):
+    run = sft_run
+    m = json.loads((run / "metrics" / "05_sft.json").read_text())
+    for key in ("train/loss_first", "train/loss_last", "train/samples_per_second", "sft/type_accuracy_val",
+                "base/type_accuracy_val", "sft/type_accuracy_test", "pretrain/loss_first", "pretrain/loss_last"):
+        assert key in m, key
+    assert m["train/steps"] == 12 and m["train/samples_per_second"] > 0 and m["train/dropped_too_long"] == 0
+    assert m["pretrain/loss_last"] < m["pretrain/loss_first"] and m["train/loss_last"] < m["train/loss_first"]
+    for key in ("sft/type_accuracy_val", "base/type_accuracy_val", "sft/unparsed_share_test"):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert m["type_questions_test"] > 0 and m["pretrain/n_maps"] > 0
+    models = run / "models"
+    base = json.loads((models / "base.json").read_text())
+    assert base["key"] == m["pretrain/cache_key"] and (models / "sft" / "train" / "adapter" / "adapter_config.json").exists()
+    assert (models / "sft" / "merged" / "config.json").exists() and (models / "sft" / "merged" / "processor_config.json").exists()
+    card = pd.read_csv(run / "tables" / "sft_card_answers.csv")
+    assert len(card) == 2 * 4 and card["sft"].notna().all()
+    assert {"fig_sft_curves.png", "fig_pretrain_curves.png", "fig_sft_type_confusion.png",
+            "fig_sft_card_answers.png"} <= {p.name for p in (run / "figures").glob("*.png")}

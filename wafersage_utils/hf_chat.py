@@ -22,16 +22,22 @@ log = logging.getLogger("wafersage.hf_chat")
 
 
 def model_fingerprint(path: str) -> str:
-    """Path plus a hash of config.json and the sizes and heads of the weight files (hub names: the name)."""
+    """Path plus a hash of the config and weight files (hub names: the name). Files up to 256 MB are hashed
+    whole (a LoRA merge can change only bytes deep inside); bigger ones by size, modification time and head."""
     p = Path(path)
     if not p.is_dir():
         return path
     h = hashlib.sha256()
     for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+        st = f.stat()
         h.update(f.name.encode())
-        h.update(str(f.stat().st_size).encode())
+        h.update(str(st.st_size).encode())
         with open(f, "rb") as fh:
-            h.update(fh.read(1 << 16))
+            if st.st_size <= 256 << 20:
+                h.update(fh.read())
+            else:
+                h.update(str(st.st_mtime_ns).encode())
+                h.update(fh.read(1 << 16))
     return f"{path}@{h.hexdigest()[:12]}"
 
 

@@ -173,3 +173,41 @@ def vqa_overview(qa: pd.DataFrame):
     ax2.set(xlabel="answer length (words)", ylabel="", title="Answer lengths")
     fig.tight_layout()
     return fig
+
+
+def training_curves(history: list[dict], title: str):
+    """Training loss (and evaluation loss where logged), learning rate and gradient norm per step."""
+    h = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    train = h.dropna(subset=["loss"]) if "loss" in h else h.iloc[0:0]
+    axes[0].plot(train["step"], train["loss"], label="train")
+    if "eval_loss" in h:
+        ev = h.dropna(subset=["eval_loss"])
+        axes[0].plot(ev["step"], ev["eval_loss"], "o-", label="validation")
+    axes[0].set(xlabel="optimizer step", ylabel="loss (assistant tokens)", title=title)
+    axes[0].legend()
+    for ax, col, name in ((axes[1], "learning_rate", "learning rate"), (axes[2], "grad_norm", "gradient norm")):
+        if col in train:
+            ax.plot(train["step"], train[col].astype(float))
+        ax.set(xlabel="optimizer step", title=name)
+    fig.tight_layout()
+    return fig
+
+
+def answers_by_model(maps: list[np.ndarray], questions: list[str], answers: dict[str, list[str]],
+                     titles: list[str], width: int = 100):
+    """Each map beside one question and every model's answer to it."""
+    import textwrap
+    texts = []
+    for i, q in enumerate(questions):
+        lines = [textwrap.fill(f"Q: {q}", width)] + [textwrap.fill(f"{name}: {a[i]}", width)
+                                                      for name, a in answers.items()]
+        texts.append("\n".join(lines))
+    fig, axes = plt.subplots(len(maps), 2, figsize=(11, 2.0 * len(maps)), gridspec_kw={"width_ratios": [1, 5]},
+                             squeeze=False)
+    for (ax_map, ax_txt), m, text, title in zip(axes, maps, texts, titles):
+        show_map(ax_map, m, title)
+        ax_txt.set_axis_off()
+        ax_txt.text(0, 1, text, va="top", ha="left", fontsize=7, transform=ax_txt.transAxes)
+    fig.tight_layout()
+    return fig

@@ -115,11 +115,20 @@ def _first(text: str) -> str:
 
 
 def _observations(f: dict) -> str:
-    """The facts behind an answer, for the reasoning style."""
+    """The facts behind an answer, for the reasoning style: every structure that decides the pattern (near-full,
+    rings, regions with shape, zone and clock, scattered failures), so the solution follows from them."""
+    from .describe import clock_phrase
+    if f["near_full"]:
+        return f"About {f['fail_ratio']:.0%} of the dies fail, everywhere on the wafer."
     zones = " and ".join(f["zones_with_failures"]) or "no zone in particular"
-    regions = "; ".join(f"{r['shape']} of {r['dies']} dies in the {r['zone']} zone" for r in f["regions"]) or "none"
-    return (f"About {f['fail_ratio']:.0%} of the dies fail. Clustered failures lie at {zones}. "
-            f"Distinct failing regions: {regions}.")
+    parts = [f"About {f['fail_ratio']:.0%} of the dies fail. Clustered failures lie at {zones}."]
+    parts += [f"A closed ring runs around the {z} zone." for z in f["ring_zones"]]
+    regions = "; ".join(f"{r['shape']} of {r['dies']} dies in the {r['zone']} zone {clock_phrase(r)}"
+                        for r in f["regions"]) or "none"
+    parts.append(f"Distinct failing regions: {regions}.")
+    if f["scattered"]:
+        parts.append("Many failures are scattered without structure.")
+    return " ".join(parts)
 
 
 def _quadrant(hour: int) -> str:

@@ -1,0 +1,217 @@
+"""Stage 05's package code: the model factory (tiny base built, cached, reloaded offline), LoRA SFT through TRL
+(only adapter weights change, every one gets a gradient), resume from a checkpoint, the merged export under the
+model card's own snippet, the accelerate launcher, and type-answer parsing."""
+import json
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+
+from wafersage_utils import answers, models, render, sft, synth, tiny_vlm
+
+SPEC = tiny_vlm.TinySpec(image_size=32, vocab_size=1024)
+PRE = models.PretrainSettings(epochs=1.0, batch_size=8, image_size=32)
+QUESTIONS = ["What type of defect pattern is visible on this wafer map?", "Where are the defects located on the wafer?"]
+
+
+@pytest.fixture(scope="module")
+def maps():
+    df = synth.generate(synth.SynthConfig(n_wafers=40, seed=3, mixed_fraction=0.0, label_noise=0.0))
+    return df.assign(split=["train"] * 32 + ["test"] * 8)
+
+
+@pytest.fixture(scope="module")
+def base(maps, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("models")
+    path, record = models.build_tiny_base(texts=QUESTIONS * 5, maps=maps, spec=SPEC, settings=PRE, seed=0,
+                                          cache_dir=str(cache))
+    return path, record, cache
+
+
+@pytest.fixture(scope="module")
+def vqa_ds(maps):
+    """A small SFT set in the stage-04 layout: each training map asked for its label."""
+    train = maps[maps["split"] == "train"]
+    images = [render.to_image(m, 32).convert("RGB") for m in train["wafer_map"]]
+    texts = [f"This wafer map shows a {'+'.join(lab).lower()} defect pattern." for lab in train["labels"]]
+    return models.caption_dataset(images, texts, [QUESTIONS[0]] * len(images))
+
+
+def _cfg(base_path, out, **kw):
+    settings = dict(max_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-2,
+                    optim="adamw_torch", save_steps=0, logging_steps=1, seed=0) | kw
+    return sft.TrainConfig(model=str(base_path), output_dir=str(out), **settings)
+
+
+def test_factory_builds_caches_and_reloads_offline(base, maps, monkeypatch):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path, record, cache = base
+    assert path.parent == cache and record["n_maps"] == 32 and record["key"] in path.name
+    assert record["result"]["loss_last"] < record["result"]["loss_first"]
+    model, processor = AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+    assert model.config.model_type == "qwen3_vl" and processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") \
+        == model.config.image_token_id
+    # Captions say where and what shape, never a class name ("nearly every die fails" reads as near-full).
+    _, captions, _ = models.caption_corpus(maps, 32, 0)
+    assert all(answers.parse_labels(c) in ([], ["Near-full"]) for c in captions)
+    assert not any(w in c.lower() for c in captions for w in ("pattern", "near-full", "edge-", "donut", "scratch"))
+    assert not any(re.search(r"\d+ dies|% of dies", c) for c in captions)  # no counts: what is seen at a glance
+    # A second request with the same inputs is a cache hit (no training), a different seed is another key.
+    stamp = (path / "factory.json").stat().st_mtime_ns
+    again, rec2 = models.build_tiny_base(texts=QUESTIONS * 5, maps=maps, spec=SPEC, settings=PRE, seed=0,
+                                         cache_dir=str(cache))
+    assert again == path and rec2 == record and (path / "factory.json").stat().st_mtime_ns == stamp
+    images, caps, _ = models.caption_corpus(maps, 32, 0)
+    assert models.base_key(["a"], images, caps, SPEC, PRE, 0) != models.base_key(["a"], images, caps, SPEC, PRE, 1)
+
+
+def test_pretraining_maps_never_include_validation_or_test_maps(maps):
+    pool = models.pretraining_maps(maps, extra_maps=5, seed=0)
+    assert len(pool) == 32 + 5 and pool["id"].is_unique
+    assert not set(pool["id"]) & set(maps.loc[maps["split"] != "train", "id"])
+    again = models.pretraining_maps(maps, extra_maps=5, seed=0)
+    assert all((a == b).all() for a, b in zip(pool["wafer_map"], again["wafer_map"]))  # deterministic
+
+
+def test_resolve_base_names(tmp_path):
+    assert models.resolve_base("Qwen/Qwen3-VL-4B-Instruct") == ("Qwen/Qwen3-VL-4B-Instruct", {"source": "hub"})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        models.resolve_base(str(tmp_path / "empty"))
+
+
+def test_one_sft_run_changes_only_adapter_weights_and_all_get_gradients(base, vqa_ds, tmp_path):
+    cfg = _cfg(base[0], tmp_path / "o", lora_vision=True)
+    check = sft.GradientCheck(2)
+    trainer = sft.build_trainer(cfg, vqa_ds, callbacks=[check.callback])
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    assert any(".visual." in n for n in lora) and any(".language_model." in n for n in lora)
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in lora)
+    assert all(not torch.equal(before[n], after[n]) for n in lora)
+    assert check.report == {"trainable_tensors": len(lora), "zero_gradient_tensors": 0}
+    assert {n for n, p in trainer.model.named_parameters() if p.requires_grad} == set(lora)
+
+
+def test_gradient_check_names_parameters_without_gradients():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    model[0](torch.ones(1, 2)).sum().backward()  # the second layer is not in the graph
+    with pytest.raises(RuntimeError, match="got no gradient.*1.weight"):
+        sft.GradientCheck(2).observe(model, 1)
+    frozen_out = torch.nn.Linear(2, 2)
+    torch.nn.init.zeros_(frozen_out.weight)
+    frozen_out.weight.grad = torch.zeros_like(frozen_out.weight)
+    frozen_out.bias.grad = torch.ones_like(frozen_out.bias)
+    check = sft.GradientCheck(1)
+    with pytest.raises(RuntimeError, match="only had zero gradients.*weight"):
+        check.observe(frozen_out, 1)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(base, vqa_ds, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    cfg = _cfg(base[0], tmp_path / "run", max_steps=4, save_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        sft.train(cfg, vqa_ds, callbacks=[Interrupt()])
+    assert (tmp_path / "run" / "checkpoint-2").is_dir() and not (tmp_path / "run" / "train_result.json").exists()
+    resumed = sft.train(cfg, vqa_ds)
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == 4
+    straight = sft.train(replace(cfg, output_dir=str(tmp_path / "straight")), vqa_ds)
+    assert straight["resumed_from"] is None
+    a = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Other settings: the old checkpoints are not resumed.
+    (tmp_path / "run" / "train_result.json").unlink()
+    assert sft._prepare_output(replace(cfg, learning_rate=5e-3)) is None
+    assert not (tmp_path / "run" / "checkpoint-2").exists()
+
+
+def test_examples_longer_than_max_length_are_dropped_not_cut(base, vqa_ds):
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(base[0])
+    lengths = sft.example_lengths(vqa_ds, processor)
+    assert min(lengths) > 4  # at least the image tokens (32 px: 2 x 2 after merging) and the text
+    cut = sorted(lengths)[len(lengths) // 2]
+    kept, dropped = sft.drop_too_long(vqa_ds, processor, cut)
+    assert dropped == sum(n > cut for n in lengths) > 0 and len(kept) == len(vqa_ds) - dropped
+
+
+def test_merged_export_works_with_the_model_cards_pipeline_snippet(base, vqa_ds, maps, tmp_path):
+    from transformers import pipeline
+    result = sft.train(_cfg(base[0], tmp_path / "train"), vqa_ds, export_dir=tmp_path / "merged")
+    assert (tmp_path / "train" / "adapter" / "adapter_config.json").exists()
+    assert json.loads((tmp_path / "train" / "train_result.json").read_text())["steps"] == result["steps"] == 2
+    png = render.save_png(render.to_image(maps["wafer_map"].iloc[-1], 32), tmp_path / "wafer.png")
+    # The card's snippet, with the exported folder in place of the hub id.
+    pipe = pipeline("image-text-to-text", model=str(tmp_path / "merged"))
+    messages = [{"role": "user", "content": [{"type": "image", "url": str(png)},
+                                             {"type": "text", "text": QUESTIONS[0]}]}]
+    output = pipe(text=messages, max_new_tokens=16)
+    reply = output[0]["generated_text"][-1]
+    # Two training steps teach no words: the point is the wiring (folder, processor, image url, chat template).
+    assert reply["role"] == "assistant" and isinstance(reply["content"], str) and len(reply["content"]) > 0
+    # The merged weights are base + adapter: no LoRA modules left, and they differ from the base.
+    from safetensors.torch import load_file
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    assert not any("lora" in k for k in merged)
+    card = sft.write_model_card(tmp_path / "merged", "tiny", _cfg(base[0], tmp_path), {"sft/type_accuracy_val": 0.5})
+    assert "image-text-to-text" in card.read_text() and "| sft/type_accuracy_val | 0.500 |" in card.read_text()
+    base_w = load_file(base[0] / "model.safetensors")
+    assert any(not torch.equal(merged[k], base_w[k]) for k in merged if "q_proj" in k)
+
+
+def test_optimizer_falls_back_without_a_gpu(caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert sft.resolve_optim("adamw_8bit") == "adamw_torch" and "8-bit AdamW" in caplog.text
+    assert sft.resolve_optim("adafactor") == "adafactor"
+
+
+def test_accelerate_launch_command():
+    cmd = sft.launch_command("cfg.json", 4, "bf16", "params/accelerate/deepspeed_zero2.yaml")
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[cmd.index("--num_processes") + 1] == "4"
+    assert cmd[cmd.index("--config_file") + 1] == "params/accelerate/deepspeed_zero2.yaml"
+    assert cmd[-3:] == ["-m", "wafersage_utils.sft", "cfg.json"] and "--multi_gpu" not in cmd
+    assert "--multi_gpu" in sft.launch_command("cfg.json", 2)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_same_training(base, vqa_ds, tmp_path):
+    vqa_ds.save_to_disk(str(tmp_path / "ds"))
+    cfg = replace(_cfg(base[0], tmp_path / "out"), train_dataset=str(tmp_path / "ds"))
+    path = sft.write_config(cfg, tmp_path / "train_config.json", tmp_path / "merged")
+    result = sft.launch(path, 1)
+    assert result["steps"] == 2 and (tmp_path / "merged" / "config.json").exists()
+
+
+@pytest.mark.parametrize("text, labels", [
+    ("This wafer map shows an edge-ring defect pattern. Failures form a ring.", ["Edge-Ring"]),
+    ("The defect pattern on this wafer is center and scratch.", ["Center", "Scratch"]),
+    ("This wafer map shows no systematic defect pattern.", ["none"]),
+    ("It is a Donut.", ["Donut"]),
+    ("<REASONING>A ring at the edge.</REASONING>\n<SOLUTION>This wafer map shows a localized defect pattern."
+     "</SOLUTION>", ["Loc"]),
+    ("No scratch here; the failures form an edge-local cluster.", ["Edge-Loc"]),
+    ("The main failing region is a dense blob in the center zone.", []),
+    ("", []),
+])
+def test_type_answers_parse_into_labels(text, labels):
+    assert answers.parse_labels(text) == labels
+
+
+def test_type_accuracy_splits_single_and_mixed():
+    acc = answers.type_accuracy(["It is a Donut.", "This wafer map shows a center defect pattern.",
+                                 "This wafer map shows a center and scratch defect pattern.", "A blob."],
+                                [["Donut"], ["Scratch"], ["Center", "Scratch"], ["Loc"]])
+    assert acc["single"] == pytest.approx(1 / 3) and acc["mixed"] == 1.0 and acc["unparsed_share"] == 0.25

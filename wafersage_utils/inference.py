@@ -1,0 +1,42 @@
+"""Answers of a model to VQA rows: requests in the chat format every backend takes, cached answers.
+
+Stage 05 uses it for the base-vs-SFT type accuracy and the model-card prompts; stage 07 for the whole
+test split. The request is the student's training format: the image and the question in one user turn,
+no system prompt (plain answers) or the paper's system prompt (reasoning answers), greedy decoding.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .exports import image_bytes
+from .llm import ChatSettings, build_request
+from .vqa import SYSTEM_PROMPT
+
+
+def requests_for(rows: pd.DataFrame, run_dir: Path, model: str, max_tokens: int, style: str = "plain",
+                 temperature: float = 0.0) -> list[dict]:
+    """One chat request per row (image + question)."""
+    settings = ChatSettings(model=model, max_tokens=max_tokens, temperature=temperature)
+    system = SYSTEM_PROMPT if style == "reasoning" else ""
+    return [build_request(settings, system, q, png) for q, png in zip(rows["question"], image_bytes(rows, run_dir))]
+
+
+def answer_rows(chat, rows: pd.DataFrame, run_dir: Path, max_tokens: int = 96, style: str = "plain",
+                desc: str = "answers", progress: bool = True) -> list[str]:
+    """The model's answer to each row ('' where generation failed)."""
+    results = chat.complete_many(requests_for(rows, run_dir, chat.name, max_tokens, style), desc=desc,
+                                 progress=progress)
+    return [r.text or "" for r in results]
+
+
+def card_rows(vqa: pd.DataFrame, split: str, n_wafers: int, seed: int) -> pd.DataFrame:
+    """The model card's four example prompts asked about `n_wafers` wafers of a split (one per label first)."""
+    from .vqa import CARD_PROMPTS
+    wafers = vqa[vqa["split"] == split].drop_duplicates("wafer_id")
+    wafers = wafers.sample(frac=1.0, random_state=seed)
+    first = wafers.groupby(wafers["labels"].map(lambda x: "+".join(x))).head(1)
+    picked = pd.concat([first, wafers.drop(first.index)]).head(n_wafers)
+    return pd.DataFrame([{**w, "template": t, "question": q} for _, w in picked.iterrows()
+                         for t, q in CARD_PROMPTS.items()]).reset_index(drop=True)

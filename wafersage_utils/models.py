@@ -1,0 +1,239 @@
+"""The model factory: a hub id or a local folder loads with the Auto classes; `tiny` builds the embedded base.
+
+The embedded base is the real Qwen3-VL architecture at toy size (:mod:`.tiny_vlm`) with a tokenizer trained
+on the run's own training-split text, then pre-trained full-parameter in two steps:
+
+1. *seeing*: captioning of every training-split map of stage 01 (not only the sampled ones), rendered as the
+   students see it, with the grounded *spatial* sentences of its measured facts (where the failures are, what
+   shape, how dense). Captions never name a defect class or a cause.
+2. *speaking*: text-only language modelling (vision tower frozen) on the run's training-split text (teacher
+   descriptions and answers), so every domain word has a trained embedding, as in a real LLM that has read
+   about wafer maps. Without it LoRA, which cannot change embeddings, cannot make the model say words it never
+   produced in captioning: it collapsed every type answer onto one pattern name.
+
+So the base sees and speaks but has never been shown which picture goes with which defect class: that is what
+SFT has to teach. The built base is cached under a hash of everything that
+shaped it and reused across runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("wafersage.models")
+
+TINY = "tiny"
+CAPTION_PROMPTS = ("Describe this wafer map.", "Describe the image.", "What do you see on this wafer map?")
+# Linear layers LoRA adapts: the language model's attention and MLP, and optionally the vision tower's
+# (Qwen3-VL names them attn.qkv, attn.proj, mlp.linear_fc1/2; the patch merger is left alone).
+LANGUAGE_TARGETS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+VISION_TARGETS = r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[12])"
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Full-parameter captioning that turns random weights into a base model."""
+
+    epochs: float = 3.0
+    learning_rate: float = 5e-4
+    batch_size: int = 8
+    max_maps: int = 0  # 0: every training-split map (and every extra one)
+    extra_maps: int = 0  # freshly generated maps captioned besides the run's training split
+    warmup_ratio: float = 0.05
+    image_size: int = 128
+    text_epochs: float = 1.0  # text-only language modelling after captioning; 0 skips it
+    text_learning_rate: float = 5e-4
+    text_batch_size: int = 16
+
+
+def cache_root(explicit: str = "") -> Path:
+    """Where built base models live: the argument, $WAFERSAGE_CACHE/models, or ~/.cache/wafersage/models."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("WAFERSAGE_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "wafersage") / "models"
+
+
+_SIZES = re.compile(r", about \d+ dies long and \d+ wide \(\d+ dies\)| \(\d+% of dies\)")
+
+
+def caption(f: dict, rng) -> str:
+    """The spatial sentences of the facts without die counts and sizes: what can be seen at a glance (shape,
+    zone, clock position, density), so that the loss is not spent on numbers no eye reads off a picture."""
+    from .describe import spatial_sentences
+    return _SIZES.sub("", " ".join(spatial_sentences(f, rng)))
+
+
+def pretraining_maps(maps: pd.DataFrame, extra_maps: int, seed: int) -> pd.DataFrame:
+    """The run's training-split maps plus `extra_maps` freshly generated ones (a generator seed no run uses),
+    so that the base sees more pictures than the run samples; never a validation or test map."""
+    from .synth import SynthConfig, generate
+    train = maps.loc[maps["split"] == "train", ["id", "wafer_map"]]
+    if extra_maps <= 0:
+        return train.reset_index(drop=True)
+    extra = generate(SynthConfig(n_wafers=extra_maps, seed=10_000 + seed, mixed_fraction=0.1, label_noise=0.0))
+    extra = extra.assign(id=[f"pretrain-{i}" for i in range(len(extra))])[["id", "wafer_map"]]
+    return pd.concat([train, extra], ignore_index=True)
+
+
+def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, extra_maps: int = 0):
+    """(images, captions, prompts) for captioning: the training-split maps (and generated extras) with the
+    spatial facts as text, never a class name or a cause."""
+    from .describe import _rng
+    from .facts import measure
+    from .render import to_image
+    pool = pretraining_maps(maps, extra_maps, seed)
+    if max_maps and len(pool) > max_maps:
+        pool = pool.sample(n=max_maps, random_state=seed).reset_index(drop=True)
+    images, captions, prompts = [], [], []
+    for map_id, m in zip(pool["id"], pool["wafer_map"]):
+        rng = _rng(f"caption|{map_id}", seed)
+        images.append(to_image(m, size).convert("RGB"))
+        captions.append(caption(measure(m), rng))
+        prompts.append(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))])
+    return images, captions, prompts
+
+
+def caption_dataset(images, captions, prompts):
+    """The captions in TRL's VLM conversation layout (the same layout SFT uses)."""
+    from datasets import Dataset
+    return Dataset.from_dict({
+        "images": [[im] for im in images],
+        "messages": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": c}]}]
+                     for p, c in zip(prompts, captions)]})
+
+
+def _code_hash() -> str:
+    here = Path(__file__).parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in ("tiny_vlm.py", "models.py", "sft.py",
+                                                                      "describe.py", "facts.py"))).hexdigest()
+
+
+def base_key(texts: list[str], images, captions, spec, settings: PretrainSettings, seed: int) -> str:
+    """Hash of everything that shapes the tiny base: texts, pictures, captions, sizes, settings, seed, code
+    and library versions."""
+    import torch
+    import transformers
+    import trl
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode() + b"\0")
+    for im, c in zip(images, captions):
+        h.update(np.asarray(im).tobytes())
+        h.update(c.encode())
+    h.update(json.dumps([asdict(spec), asdict(settings), seed, _code_hash(), torch.__version__,
+                         transformers.__version__, trl.__version__]).encode())
+    return h.hexdigest()[:16]
+
+
+def train_text(model_dir: Path, texts: list[str], out_dir: Path, settings: PretrainSettings, seed: int) -> dict:
+    """Text-only language modelling of the language model (vision frozen); saves model and processor."""
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    for name, p in model.named_parameters():
+        p.requires_grad_(".visual." not in name)
+    eos = processor.tokenizer.eos_token
+    args = SFTConfig(output_dir=str(out_dir.parent / "text_train"), learning_rate=settings.text_learning_rate,
+                     num_train_epochs=settings.text_epochs, per_device_train_batch_size=settings.text_batch_size,
+                     warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", seed=seed, data_seed=seed,
+                     max_length=512, use_cpu=not _cuda(), bf16=False, gradient_checkpointing=False,
+                     logging_steps=_log_every(len(texts), settings.text_batch_size, settings.text_epochs),
+                     save_strategy="no", report_to="none", dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=args, processing_class=processor.tokenizer,
+                         train_dataset=Dataset.from_dict({"text": [t + eos for t in texts]}))
+    out = trainer.train()
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return {"loss_first": history[0]["loss"] if history else None, "loss_last": history[-1]["loss"] if history else None,
+            "samples_per_second": out.metrics.get("train_samples_per_second"), "n_texts": len(texts),
+            "seconds": out.metrics.get("train_runtime"), "log_history": trainer.state.log_history}
+
+
+def _log_every(n: int, batch: int, epochs: float) -> int:
+    """Logging interval giving about 50 loss records (at least the first and the last few)."""
+    steps = max(1, int(-(-n // batch) * epochs))
+    return max(1, min(10, steps // 50))
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: PretrainSettings, seed: int,
+                    n_threads: int = 2, cache_dir: str = "") -> tuple[Path, dict]:
+    """The pre-trained tiny base model folder (built, or found in the cache) and its factory record.
+    `texts`: the run's training-split text (tokenizer and text-only language modelling)."""
+    from . import sft, tiny_vlm
+    images, captions, prompts = caption_corpus(maps, settings.image_size, seed, settings.max_maps,
+                                               settings.extra_maps)
+    if not images:
+        raise ValueError("the tiny base needs training-split maps to caption; stage 01 assigned none to 'train'")
+    lm_texts = list(texts)
+    texts = lm_texts + captions + list(CAPTION_PROMPTS)
+    key = base_key(texts, images, captions, spec, settings, seed)
+    out = cache_root(cache_dir) / f"tiny-{key}"
+    if (out / "factory.json").exists():
+        log.info("tiny base %s found in the cache: %s", key, out)
+        return out, json.loads((out / "factory.json").read_text())
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info("building tiny base %s: tokenizer, random weights, captioning on %d maps", key, len(images))
+    tiny_vlm.build_tiny_vlm(texts, tmp / "init", spec, seed)
+    cfg = sft.TrainConfig(model=str(tmp / "init"), output_dir=str(tmp / "train"), lora=False,
+                          learning_rate=settings.learning_rate, num_train_epochs=settings.epochs,
+                          per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=1,
+                          warmup_ratio=settings.warmup_ratio, lr_scheduler_type="cosine", weight_decay=0.0,
+                          seed=seed, n_threads=n_threads, save_steps=0,
+                          logging_steps=_log_every(len(images), settings.batch_size, settings.epochs))
+    result = sft.train(cfg, caption_dataset(images, captions, prompts), export_dir=tmp / "seeing")
+    text_result = None
+    if settings.text_epochs > 0 and lm_texts:
+        text_result = train_text(tmp / "seeing", lm_texts, tmp / "model", settings, seed)
+    else:
+        os.replace(tmp / "seeing", tmp / "model")
+    record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed, "n_maps": len(images),
+              "n_tokenizer_texts": len(texts), "result": result, "text_result": text_result,
+              "example_caption": captions[0]}
+    (tmp / "model" / "factory.json").write_text(json.dumps(record, indent=1))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another run built the same key meanwhile: identical by construction
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.replace(tmp / "model", out)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, json.loads((out / "factory.json").read_text())
+
+
+def resolve_base(name_or_path: str, **tiny_kwargs) -> tuple[str, dict]:
+    """A loadable model reference and its record: `tiny` builds (or reuses) the embedded base; a local
+    folder must hold a config.json; anything else is taken as a hub id for the Auto classes."""
+    if name_or_path == TINY:
+        path, record = build_tiny_base(**tiny_kwargs)
+        return str(path), record
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ValueError(f"model_name_or_path {name_or_path!r}: folder has no config.json; expected a model saved "
+                             "with save_pretrained")
+        return str(p.resolve()), {"source": "folder"}
+    return name_or_path, {"source": "hub"}
+
+
+def lora_targets(vision: bool) -> str:
+    """Regex over module names for PEFT's `target_modules` (a full match), language only or also vision."""
+    return f"({LANGUAGE_TARGETS}|{VISION_TARGETS})" if vision else LANGUAGE_TARGETS
