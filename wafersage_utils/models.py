@@ -1,15 +1,17 @@
 """The model factory: a hub id or a local folder loads with the Auto classes; `tiny` builds the embedded base.
 
 The embedded base is the real Qwen3-VL architecture at toy size (:mod:`.tiny_vlm`) with a tokenizer trained
-on the run's own training-split text, then pre-trained full-parameter in two steps:
+on the run's own training-split text, then pre-trained in two steps, as real VLMs are (a language model first, then vision-language training):
 
-1. *seeing*: captioning of every training-split map of stage 01 (not only the sampled ones), rendered as the
-   students see it, with the grounded *spatial* sentences of its measured facts (where the failures are, what
-   shape, how dense). Captions never name a defect class or a cause.
-2. *speaking*: text-only language modelling (vision tower frozen) on the run's training-split text (teacher
-   descriptions and answers), so every domain word has a trained embedding, as in a real LLM that has read
-   about wafer maps. Without it LoRA, which cannot change embeddings, cannot make the model say words it never
-   produced in captioning: it collapsed every type answer onto one pattern name.
+1. *speaking*: text-only language modelling (vision tower frozen) on the run's training-split text (teacher
+   descriptions, questions, answers), so every domain word has a trained embedding, as in an LLM that has read
+   about wafer maps. Without it LoRA, which cannot change embeddings, could not make the model say words it
+   never produced (it collapsed every type answer onto one mash of pattern names).
+2. *seeing*: full-parameter captioning of every training-split map of stage 01 (and, by parameter, freshly
+   generated maps; never a validation or test map), rendered as the students see it, with the spatial
+   sentences of its measured facts without die counts, plus generic visual questions (which zones hold
+   failures, what shape the largest group forms, where it is). Never a defect class or a cause. Done
+   second, because language modelling after captioning made the captions degenerate.
 
 So the base sees and speaks but has never been shown which picture goes with which defect class: that is what
 SFT has to teach. The built base is cached under a hash of everything that
@@ -43,14 +45,15 @@ VISION_TARGETS = r"model\.visual\.blocks\.\d+\.(attn\.(qkv|proj)|mlp\.linear_fc[
 class PretrainSettings:
     """Full-parameter captioning that turns random weights into a base model."""
 
-    epochs: float = 3.0
+    epochs: float = 2.0
     learning_rate: float = 5e-4
     batch_size: int = 8
     max_maps: int = 0  # 0: every training-split map (and every extra one)
     extra_maps: int = 0  # freshly generated maps captioned besides the run's training split
+    questions_per_map: int = 2  # generic visual questions per map besides its caption
     warmup_ratio: float = 0.05
     image_size: int = 128
-    text_epochs: float = 1.0  # text-only language modelling after captioning; 0 skips it
+    text_epochs: float = 1.0  # text-only language modelling before captioning; 0 skips it
     text_learning_rate: float = 5e-4
     text_batch_size: int = 16
 
@@ -85,9 +88,32 @@ def pretraining_maps(maps: pd.DataFrame, extra_maps: int, seed: int) -> pd.DataF
     return pd.concat([train, extra], ignore_index=True)
 
 
-def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, extra_maps: int = 0):
-    """(images, captions, prompts) for captioning: the training-split maps (and generated extras) with the
-    spatial facts as text, never a class name or a cause."""
+def visual_questions(f: dict, rng) -> list[tuple[str, str]]:
+    """Generic questions about what the picture shows (zones, shape, clock position), answered from the facts
+    without any class name: the kind of visual question answering a general VLM is pre-trained on."""
+    from .describe import SHAPE_WORDS, _a, clock_phrase
+    zones = " and ".join({"center": "the center", "mid-radius": "mid-radius", "edge": "the edge"}[z]
+                         for z in f["zones_with_failures"])
+    out = [("Which zones of the wafer hold clustered failing dies?",
+            f"Clustered failures lie at {zones}." if zones else "No zone holds clustered failures.")]
+    if f["near_full"]:
+        shape = "Nearly every die fails."
+    elif f["ring_zones"]:
+        shape = f"A closed ring around the {f['ring_zones'][0]} zone."
+    elif f["regions"]:
+        reg = f["regions"][0]
+        shape = f"{_a(str(rng.choice(SHAPE_WORDS[reg['shape']]))).capitalize()} in the {reg['zone']} zone."
+        out.append(("Where is the largest group of failing dies?", f"In the {reg['zone']} zone {clock_phrase(reg)}."))
+    else:
+        shape = "No group stands out; " + ("many failures are scattered." if f["scattered"] else "the failures are sparse.")
+    out.append(("What shape does the largest group of failing dies form?", shape))
+    return out
+
+
+def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, extra_maps: int = 0,
+                   questions_per_map: int = 2):
+    """(images, texts, prompts) for pre-training: each training-split map (and generated extra) captioned with
+    the spatial facts, and asked up to `questions_per_map` generic visual questions; never a class or a cause."""
     from .describe import _rng
     from .facts import measure
     from .render import to_image
@@ -97,9 +123,14 @@ def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, 
     images, captions, prompts = [], [], []
     for map_id, m in zip(pool["id"], pool["wafer_map"]):
         rng = _rng(f"caption|{map_id}", seed)
-        images.append(to_image(m, size).convert("RGB"))
-        captions.append(caption(measure(m), rng))
-        prompts.append(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))])
+        image, f = to_image(m, size).convert("RGB"), measure(m)
+        asks = [(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], caption(f, rng))]
+        vq = visual_questions(f, rng)
+        asks += [vq[i] for i in sorted(rng.permutation(len(vq))[:questions_per_map])]
+        for prompt, text in asks:
+            images.append(image)
+            prompts.append(prompt)
+            captions.append(text)
     return images, captions, prompts
 
 
@@ -180,11 +211,11 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
     `texts`: the run's training-split text (tokenizer and text-only language modelling)."""
     from . import sft, tiny_vlm
     images, captions, prompts = caption_corpus(maps, settings.image_size, seed, settings.max_maps,
-                                               settings.extra_maps)
+                                               settings.extra_maps, settings.questions_per_map)
     if not images:
         raise ValueError("the tiny base needs training-split maps to caption; stage 01 assigned none to 'train'")
     lm_texts = list(texts)
-    texts = lm_texts + captions + list(CAPTION_PROMPTS)
+    texts = lm_texts + captions + sorted(set(prompts))
     key = base_key(texts, images, captions, spec, settings, seed)
     out = cache_root(cache_dir) / f"tiny-{key}"
     if (out / "factory.json").exists():
@@ -194,19 +225,18 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
     shutil.rmtree(tmp, ignore_errors=True)
     log.info("building tiny base %s: tokenizer, random weights, captioning on %d maps", key, len(images))
     tiny_vlm.build_tiny_vlm(texts, tmp / "init", spec, seed)
-    cfg = sft.TrainConfig(model=str(tmp / "init"), output_dir=str(tmp / "train"), lora=False,
+    start, text_result = tmp / "init", None
+    if settings.text_epochs > 0 and lm_texts:  # language first, as real VLMs start from a trained LLM
+        text_result = train_text(tmp / "init", lm_texts, tmp / "speaking", settings, seed)
+        start = tmp / "speaking"
+    cfg = sft.TrainConfig(model=str(start), output_dir=str(tmp / "train"), lora=False,
                           learning_rate=settings.learning_rate, num_train_epochs=settings.epochs,
                           per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=1,
                           warmup_ratio=settings.warmup_ratio, lr_scheduler_type="cosine", weight_decay=0.0,
                           seed=seed, n_threads=n_threads, save_steps=0,
                           logging_steps=_log_every(len(images), settings.batch_size, settings.epochs))
-    result = sft.train(cfg, caption_dataset(images, captions, prompts), export_dir=tmp / "seeing")
-    text_result = None
-    if settings.text_epochs > 0 and lm_texts:
-        text_result = train_text(tmp / "seeing", lm_texts, tmp / "model", settings, seed)
-    else:
-        os.replace(tmp / "seeing", tmp / "model")
-    record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed, "n_maps": len(images),
+    result = sft.train(cfg, caption_dataset(images, captions, prompts), export_dir=tmp / "model")
+    record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed, "n_maps": len({id(im) for im in images}), "n_examples": len(images),
               "n_tokenizer_texts": len(texts), "result": result, "text_result": text_result,
               "example_caption": captions[0]}
     (tmp / "model" / "factory.json").write_text(json.dumps(record, indent=1))
