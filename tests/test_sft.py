@@ -215,3 +215,12 @@ def test_type_accuracy_splits_single_and_mixed():
                                  "This wafer map shows a center and scratch defect pattern.", "A blob."],
                                 [["Donut"], ["Scratch"], ["Center", "Scratch"], ["Loc"]])
     assert acc["single"] == pytest.approx(1 / 3) and acc["mixed"] == 1.0 and acc["unparsed_share"] == 0.25
+
+
+def test_type_accuracy_by_model_and_split():
+    import pandas as pd
+    rows = pd.DataFrame({"split": ["val", "val", "test"], "labels": [["Donut"], ["Loc"], ["Scratch"]],
+                         "a": ["It is a Donut.", "It is a Donut.", "A scratch."], "b": ["", "It is a Loc.", ""]})
+    table = answers.type_accuracy_by(rows, ["a", "b"], ("val", "test"))
+    assert table.loc[("a", "val"), "single"] == 0.5 and table.loc[("a", "test"), "single"] == 1.0
+    assert table.loc[("b", "val"), "single"] == 0.5 and table.loc[("b", "test"), "unparsed_share"] == 1.0

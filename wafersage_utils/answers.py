@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 
 from .claims import PATTERN_WORDS, _affirmed
 from .conventions import NONE_LABEL, VOCAB, label_key
@@ -75,3 +76,11 @@ def type_accuracy(answers, labels) -> dict:
     return {"single": mean(~mixed), "mixed": mean(mixed), "all": mean(np.ones_like(mixed)),
             "n_single": int((~mixed).sum()), "n_mixed": int(mixed.sum()), "unparsed_share": float(unparsed.mean())
             if len(unparsed) else None}
+
+
+def type_accuracy_by(rows: pd.DataFrame, models: list[str], splits: tuple[str, ...]) -> pd.DataFrame:
+    """:func:`type_accuracy` for each model (a column of answers in `rows`) and split, one row each."""
+    out = {(m, sp): type_accuracy(list(rows.loc[rows["split"] == sp, m]),
+                                  [list(x) for x in rows.loc[rows["split"] == sp, "labels"]])
+           for m in models for sp in splits}
+    return pd.DataFrame(out).T.rename_axis(["model", "split"])

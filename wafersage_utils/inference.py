@@ -12,7 +12,7 @@ import pandas as pd
 
 from .exports import image_bytes
 from .llm import ChatSettings, build_request
-from .vqa import SYSTEM_PROMPT
+from .vqa import CARD_PROMPTS, SYSTEM_PROMPT
 
 
 def requests_for(rows: pd.DataFrame, run_dir: Path, model: str, max_tokens: int, style: str = "plain",
@@ -33,7 +33,6 @@ def answer_rows(chat, rows: pd.DataFrame, run_dir: Path, max_tokens: int = 96, s
 
 def card_rows(vqa: pd.DataFrame, split: str, n_wafers: int, seed: int) -> pd.DataFrame:
     """The model card's four example prompts asked about `n_wafers` wafers of a split (one per label first)."""
-    from .vqa import CARD_PROMPTS
     wafers = vqa[vqa["split"] == split].drop_duplicates("wafer_id")
     wafers = wafers.sample(frac=1.0, random_state=seed)
     first = wafers.groupby(wafers["labels"].map(lambda x: "+".join(x))).head(1)

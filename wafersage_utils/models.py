@@ -236,7 +236,8 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
                           seed=seed, n_threads=n_threads, save_steps=0,
                           logging_steps=_log_every(len(images), settings.batch_size, settings.epochs))
     result = sft.train(cfg, caption_dataset(images, captions, prompts), export_dir=tmp / "model")
-    record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed, "n_maps": len({id(im) for im in images}), "n_examples": len(images),
+    record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed,
+              "n_maps": len({id(im) for im in images}), "n_examples": len(images),  # a map's image is shared
               "n_tokenizer_texts": len(texts), "result": result, "text_result": text_result,
               "example_caption": captions[0]}
     (tmp / "model" / "factory.json").write_text(json.dumps(record, indent=1))

@@ -167,7 +167,7 @@ def _prepare_output(cfg: TrainConfig) -> str | None:
     return None
 
 
-def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=()):
+def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), processor=None):
     """TRL SFTTrainer for the config: LoRA (PEFT) or full-parameter, CPU-safe defaults."""
     import torch
     from peft import LoraConfig
@@ -176,7 +176,7 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=()):
 
     from .models import lora_targets
     prec = _precision(cfg.mixed_precision)
-    processor = AutoProcessor.from_pretrained(cfg.model)
+    processor = processor or AutoProcessor.from_pretrained(cfg.model)
     dtype = torch.bfloat16 if prec["bf16"] else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype)
     args = SFTConfig(
@@ -219,11 +219,12 @@ def train(cfg: TrainConfig, train_ds, eval_ds=None, export_dir: Path | None = No
     torch.set_num_threads(max(1, cfg.n_threads))
     resume_from = _prepare_output(cfg)
     from transformers import AutoProcessor
-    train_ds, dropped = drop_too_long(train_ds, AutoProcessor.from_pretrained(cfg.model), cfg.max_length)
+    processor = AutoProcessor.from_pretrained(cfg.model)
+    train_ds, dropped = drop_too_long(train_ds, processor, cfg.max_length)
     if eval_ds is not None and cfg.max_eval_examples and len(eval_ds) > cfg.max_eval_examples:
         eval_ds = eval_ds.shuffle(seed=cfg.seed).select(range(cfg.max_eval_examples))
     check = GradientCheck(cfg.grad_check_steps)
-    trainer = build_trainer(cfg, train_ds, eval_ds if cfg.eval_steps else None, [check.callback, *callbacks])
+    trainer = build_trainer(cfg, train_ds, eval_ds if cfg.eval_steps else None, [check.callback, *callbacks], processor)
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
