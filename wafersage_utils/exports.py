@@ -65,14 +65,15 @@ def to_sft_dataset(rows: pd.DataFrame, run_dir: Path, style: str = "plain"):
                      for q, a in zip(rows["question"], rows[col])]})
 
 
-def to_grpo_dataset(rows: pd.DataFrame, run_dir: Path):
-    """TRL GRPO dataset: conversational prompt with the paper's system prompt and the image slot, images,
-    and the rubric columns the reward function receives as keyword arguments."""
+def to_grpo_dataset(rows: pd.DataFrame, run_dir: Path, system_prompt: bool = True):
+    """TRL GRPO dataset: conversational prompt (with the paper's system prompt, or without it for a model
+    trained on plain answers) and the image slot, images, and the rubric columns the reward function
+    receives as keyword arguments."""
     from datasets import Dataset
     pngs = image_bytes(rows, run_dir)
+    system = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]}] if system_prompt else []
     return Dataset.from_dict({
-        "prompt": [[{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
-                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+        "prompt": [system + [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
                    for q in rows["question"]],
         "images": [[_pil(b)] for b in pngs],
         "must_hit": [list(x) for x in rows["must_hit"]], "must_avoid": [list(x) for x in rows["must_avoid"]],

@@ -1,0 +1,53 @@
+"""Wafer-level bootstrap intervals and paired tests against hand-computed values."""
+import numpy as np
+import pytest
+
+from wafersage_utils import stats
+
+
+def test_cluster_interval_mean_is_over_questions_and_interval_orders():
+    values = [1, 0, 1, 1, 0, 0, 1, 1]
+    wafers = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    r = stats.cluster_interval(values, wafers, n_resamples=500, seed=0)
+    assert r["mean"] == pytest.approx(5 / 8) and r["n_wafers"] == 4
+    assert 0.0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1.0
+
+
+def test_cluster_interval_is_wider_than_a_question_level_one_when_wafers_cluster():
+    # every wafer's 10 questions share one outcome: 20 wafers, not 200 independent questions
+    rng = np.random.default_rng(0)
+    per_wafer = rng.integers(0, 2, 20)
+    values = np.repeat(per_wafer, 10)
+    wafers = np.repeat(np.arange(20), 10)
+    r = stats.cluster_interval(values, wafers, n_resamples=2000, seed=0)
+    p = values.mean()
+    naive_half = 1.96 * np.sqrt(p * (1 - p) / len(values))
+    assert (r["ci_high"] - r["ci_low"]) / 2 > 2 * naive_half
+
+
+def test_paired_difference_sign_and_p_value():
+    wafers = np.repeat(np.arange(30), 3)
+    a = np.full(90, 0.5)
+    r = stats.paired_difference(a, a + 0.1, wafers, n_resamples=500)
+    assert r["mean"] == pytest.approx(0.1) and r["ci_low"] == pytest.approx(0.1) and r["p_value"] == 0.0
+    rng = np.random.default_rng(1)
+    b = a + rng.normal(0, 0.2, 90)
+    r = stats.paired_difference(a, b, wafers, n_resamples=1000)
+    assert r["ci_low"] < 0 < r["ci_high"] and r["p_value"] > 0.05
+
+
+def test_paired_difference_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="equal lengths"):
+        stats.paired_difference([1, 2], [1], ["a", "b"])
+    with pytest.raises(ValueError, match="missing values"):
+        stats.cluster_interval([1.0, np.nan], ["a", "b"])
+
+
+def test_mcnemar_exact_against_hand_computed_binomial():
+    # 8 questions only A gets right, 2 only B: two-sided exact p = 2 * P(X <= 2 | n 10, 0.5) = 2 * 56 / 1024
+    a = [True] * 8 + [False] * 2 + [True] * 5
+    b = [False] * 8 + [True] * 2 + [True] * 5
+    r = stats.mcnemar(a, b)
+    assert (r["only_a"], r["only_b"]) == (8, 2)
+    assert r["p_value"] == pytest.approx(2 * 56 / 1024)
+    assert stats.mcnemar([True, False], [True, False])["p_value"] == 1.0

@@ -1,0 +1,60 @@
+"""Intervals and paired tests that respect the unit of sampling: the wafer, not the question.
+
+Questions about one wafer are correlated (the same picture, the same model mistake), so every interval
+resamples wafers with all their questions (a cluster bootstrap through `scipy.stats.bootstrap`), and paired
+comparisons resample the per-wafer differences of two models answering the same questions.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+
+def _by_wafer(values, wafers) -> tuple[np.ndarray, np.ndarray]:
+    df = pd.DataFrame({"v": np.asarray(values, dtype=float), "w": list(wafers)})
+    if df["v"].isna().any():
+        raise ValueError(f"{int(df['v'].isna().sum())} missing values: score every question before the interval")
+    g = df.groupby("w", sort=True)["v"]
+    return g.sum().to_numpy(), g.size().to_numpy(dtype=float)
+
+
+def _ratio(s, n, axis=-1):
+    return s.sum(axis=axis) / n.sum(axis=axis)
+
+
+def cluster_interval(values, wafers, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean over questions with a bootstrap interval from resampling wafers (BCa, via scipy)."""
+    s, n = _by_wafer(values, wafers)
+    mean = float(s.sum() / n.sum())
+    if len(s) < 2:
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n_wafers": len(s)}
+    res = sps.bootstrap((s, n), _ratio, paired=True, vectorized=True, n_resamples=n_resamples,
+                        confidence_level=level, method="BCa", rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    return {"mean": mean, "ci_low": float(lo), "ci_high": float(hi), "n_wafers": len(s)}
+
+
+def paired_difference(a, b, wafers, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
+    """Mean of b - a over paired questions, with a wafer-resampling bootstrap interval; `p_value` is the
+    two-sided bootstrap share of resampled differences on the other side of zero."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) != len(b) or len(a) != len(list(wafers)):
+        raise ValueError(f"paired scores must have equal lengths: {len(a)}, {len(b)}, {len(list(wafers))}")
+    out = cluster_interval(b - a, wafers, n_resamples, level, seed)
+    s, n = _by_wafer(b - a, wafers)
+    rng = np.random.default_rng(seed + 1)
+    idx = rng.integers(0, len(s), size=(n_resamples, len(s)))
+    boot = s[idx].sum(axis=1) / n[idx].sum(axis=1)
+    out["p_value"] = float(min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean())))
+    return out
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """Exact McNemar test of two models' right/wrong on the same questions (binomial on the discordant pairs)."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"McNemar needs paired answers: {a.shape} vs {b.shape}")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    p = 1.0 if only_a + only_b == 0 else float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+    return {"only_a": only_a, "only_b": only_b, "p_value": p}
