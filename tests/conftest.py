@@ -60,3 +60,9 @@ def smoke_run(tmp_path_factory):
 def sft_run(smoke_run):
     """Stage 05 run once on the smoke run (adds models/ and metrics/05_sft.json; read-only for the tests)."""
     return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="05", results_dir=smoke_run.parent)
+
+
+@pytest.fixture(scope="session")
+def rl_run(sft_run):
+    """Stage 06 run once on the smoke run's SFT model (adds models/rl/ and metrics/06_rl.json)."""
+    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="06", results_dir=sft_run.parent)

@@ -117,3 +117,35 @@ def test_stage_05_with_smoke_params(sft_run):
     assert len(card) == 2 * 4 and card["sft"].notna().all()
     assert {"fig_sft_curves.png", "fig_pretrain_curves.png", "fig_sft_type_confusion.png",
             "fig_sft_card_answers.png"} <= {p.name for p in (run / "figures").glob("*.png")}
+
+
+@pytest.mark.slow
+def test_stage_06_with_smoke_params(rl_run):
+    run = rl_run
+    m = json.loads((run / "metrics" / "06_rl.json").read_text())
+    for key in ("rl/reward_mean_first", "rl/reward_mean_last", "rl/zero_variance_share", "rl/rule_score_val",
+                "sft/rule_score_val", "rl/rule_score_test", "sft/rule_score_test", "rl_minus_sft/rule_score_test",
+                "rl/type_accuracy_test", "sft/type_accuracy_test"):
+        assert key in m, key
+    assert m["rl/steps"] == 4 and m["rl/n_learning_pairs"] > 0 and m["rl/n_prompts_learning"] > 0
+    for split in ("val", "test"):
+        for name in ("sft", "rl"):
+            lo, mid, hi = (m[f"{name}/rule_score_{split}{s}"] for s in ("_ci_low", "", "_ci_high"))
+            assert 0.0 <= lo <= mid <= hi <= 1.0, (name, split)
+        d = m[f"rl_minus_sft/rule_score_{split}"]
+        assert abs(d - (m[f"rl/rule_score_{split}"] - m[f"sft/rule_score_{split}"])) < 1e-9
+        assert m[f"rl_minus_sft/rule_score_{split}_ci_low"] <= d <= m[f"rl_minus_sft/rule_score_{split}_ci_high"]
+    assert 0.0 <= m["rl/zero_variance_share"] <= 1.0
+    holdout = set(json.loads((run / "models" / "sft" / "rl_holdout.json").read_text()))
+    sft_pairs = json.loads((run / "metrics" / "05_sft.json").read_text())["n_sft_pairs"]
+    qa = pd.read_parquet(run / "data" / "vqa.parquet")
+    train = qa[qa["split"] == "train"]
+    assert holdout and sft_pairs == int((~train["wafer_id"].isin(holdout)).sum())  # SFT never saw the held-out wafers
+    audit = pd.read_csv(run / "tables" / "rl_reward_audit.csv")
+    assert {"constant: empty", "reference", "SFT samples"} <= set(audit["answers"])
+    ref = audit[(audit["answers"] == "reference") & (audit["reward"] == "rubric")]["mean"].iloc[0]
+    empty = audit[(audit["answers"] == "constant: empty") & (audit["reward"] == "rubric")]["mean"].iloc[0]
+    assert ref > empty
+    assert (run / "models" / "rl" / "merged" / "config.json").exists()
+    assert (run / "models" / "rl" / "train" / "adapter" / "adapter_config.json").exists()
+    assert {"fig_rl_reward_audit.png", "fig_rl_curves.png", "fig_rl_vs_sft.png"} <= {p.name for p in (run / "figures").glob("*.png")}

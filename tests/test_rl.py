@@ -96,3 +96,22 @@ def test_prompts_needed_counts_generation_reuse():
     assert rl.prompts_needed(cfg(max_steps=100, per_device_train_batch_size=8, num_generations=4,
                                  gradient_accumulation_steps=2, steps_per_generation=4)) == 400
     assert rl.prompts_needed(cfg(max_steps=10, per_device_train_batch_size=4, num_generations=8, num_iterations=2)) == 3
+
+
+def test_holdout_wafers_is_a_seeded_share_of_distinct_wafers():
+    ids = [f"w{i}" for i in range(50) for _ in range(9)]  # nine pairs per wafer
+    a = rl.holdout_wafers(ids, 0.2, seed=1)
+    assert len(a) == 10 and len(set(a)) == 10 and set(a) <= set(ids) and a == sorted(a)
+    assert a == rl.holdout_wafers(list(reversed(ids)), 0.2, seed=1)  # the draw does not depend on row order
+    assert a != rl.holdout_wafers(ids, 0.2, seed=2)
+    assert rl.holdout_wafers(ids, 0.0, seed=1) == []
+    with pytest.raises(ValueError, match="rl_holdout_share"):
+        rl.holdout_wafers(ids, 1.0, seed=1)
+
+
+def test_mean_over_takes_the_asked_share_of_logged_steps():
+    history = [{"reward": float(i)} for i in range(10)] + [{"loss": 1.0}]
+    assert rl.mean_over(history, "reward", 0.0, 0.1) == 0.0
+    assert rl.mean_over(history, "reward", 0.9, 1.0) == 9.0
+    assert rl.mean_over(history, "reward") == 4.5
+    assert np.isnan(rl.mean_over(history, "kl"))

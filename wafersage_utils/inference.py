@@ -24,9 +24,10 @@ def requests_for(rows: pd.DataFrame, run_dir: Path, model: str, max_tokens: int,
 
 
 def answer_rows(chat, rows: pd.DataFrame, run_dir: Path, max_tokens: int = 96, style: str = "plain",
-                desc: str = "answers", progress: bool = True) -> list[str]:
-    """The model's answer to each row ('' where generation failed)."""
-    results = chat.complete_many(requests_for(rows, run_dir, chat.name, max_tokens, style), desc=desc,
+                desc: str = "answers", progress: bool = True, temperature: float = 0.0) -> list[str]:
+    """The model's answer to each row ('' where generation failed); greedy, or sampled at `temperature`
+    (seed the generator first, e.g. transformers.set_seed, for repeatable samples)."""
+    results = chat.complete_many(requests_for(rows, run_dir, chat.name, max_tokens, style, temperature), desc=desc,
                                  progress=progress)
     return [r.text or "" for r in results]
 

@@ -211,3 +211,72 @@ def answers_by_model(maps: list[np.ndarray], questions: list[str], answers: dict
         ax_txt.text(0, 1, text, va="top", ha="left", fontsize=7, transform=ax_txt.transAxes)
     fig.tight_layout()
     return fig
+
+
+def reward_audit(table: pd.DataFrame):
+    """The reward audit: mean (bar) and min-max range (line) of every reward on each kind of answer."""
+    rewards = list(dict.fromkeys(table["reward"]))
+    fig, axes = plt.subplots(1, len(rewards), figsize=(5.5 * len(rewards), 0.45 * table["answers"].nunique() + 1.2),
+                             squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], rewards):
+        t = table[table["reward"] == name].reset_index(drop=True)
+        y = np.arange(len(t))
+        ax.barh(y, t["mean"], color="#92c5de", label="mean")
+        ax.hlines(y, t["min"], t["max"], color="#2166ac", lw=1.5, label="min to max")
+        for yi, share in zip(y, t["share_at_max"]):
+            ax.text(1.02, yi, f"{share:.0%} at max", va="center", fontsize=7, transform=ax.get_yaxis_transform())
+        ax.set_yticks(y, t["answers"])
+        ax.invert_yaxis()
+        ax.set(xlim=(0, 1.0), xlabel="reward", title=f"reward '{name}'")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def rl_curves(history: list[dict]):
+    """GSPO instruments per optimizer step, from the trainer's whole log: mean reward (and each reward) on
+    the steps that generated, the share of groups whose rewards are all equal (no advantage, no learning),
+    and the share of clipped sequences on every step (only the off-policy steps can clip)."""
+    h = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3))
+
+    def series(col):  # the steps that logged `col`
+        d = h.dropna(subset=[col])
+        return d["step"], d[col].astype(float)
+
+    for col in [c for c in h if c == "reward" or (c.startswith("rewards/") and c.endswith("/mean"))]:
+        x, v = series(col)
+        axes[0].plot(x, v.rolling(5, min_periods=1).mean(), label=col.replace("rewards/", "").replace("/mean", ""))
+    axes[0].set(xlabel="optimizer step", ylabel="mean reward (rolling 5)", title="Rewards of the sampled groups")
+    if axes[0].lines:
+        axes[0].legend(fontsize=7)
+    if "frac_reward_zero_std" in h:
+        x, v = series("frac_reward_zero_std")
+        axes[1].plot(x, v.rolling(5, min_periods=1).mean(), color="#b2182b")
+    axes[1].axhline(0.2, color="grey", ls="--", lw=0.8)
+    axes[1].set(xlabel="optimizer step", ylim=(-0.02, 1.02), title="Groups with zero reward variance (rolling 5)")
+    for col in [c for c in h if c.startswith("clip_ratio/") and c.endswith("_mean")]:
+        x, v = series(col)
+        axes[2].plot(x, v.rolling(5, min_periods=1).mean(), label=col.replace("clip_ratio/", ""))
+    axes[2].set(xlabel="optimizer step", title="Clipped share of the sequence ratio (rolling 5)")
+    if axes[2].lines:
+        axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def paired_scores(rows: pd.DataFrame, a: str, b: str, name_a: str, name_b: str, by: str = "category"):
+    """Two models' scores on the same questions: mean per group side by side, and the per-wafer
+    difference b - a as a histogram."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 2]})
+    long = rows.melt(id_vars=[by], value_vars=[a, b], var_name="model", value_name="score")
+    long["model"] = long["model"].map({a: name_a, b: name_b})
+    sns.barplot(data=long, y=by, x="score", hue="model", ax=ax1, errorbar=None,
+                palette=["#92c5de", "#2166ac"])
+    ax1.set(xlabel="mean rule score", ylabel="", title=f"{name_a} and {name_b} on the same questions")
+    diff = rows.groupby("wafer_id")[[a, b]].mean()
+    ax2.hist(diff[b] - diff[a], bins=30, color="#4393c3")
+    ax2.axvline(0, color="black", lw=0.8)
+    ax2.set(xlabel=f"{name_b} - {name_a}, mean per wafer", ylabel="wafers", title="Per-wafer difference")
+    fig.tight_layout()
+    return fig

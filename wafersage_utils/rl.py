@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-log = logging.getLogger("wafersage.rl")
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -73,6 +70,17 @@ class RLConfig:
             raise ValueError(f"per_device_train_batch_size x steps_per_generation "
                              f"({self.per_device_train_batch_size} x {self.steps_per_generation}) must be a multiple "
                              f"of num_generations ({self.num_generations})")
+
+
+def holdout_wafers(wafer_ids, share: float, seed: int) -> list[str]:
+    """The training wafers kept out of SFT so that RL has a learning stream of wafers the model never trained
+    on: round(share x wafers) of the distinct ids, drawn with `seed`, sorted."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"rl_holdout_share {share}: expected a share in [0, 1)")
+    ids = sorted(set(map(str, wafer_ids)))
+    n = round(len(ids) * share)
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(ids, size=n, replace=False).tolist()) if n else []
 
 
 def _easy_to_hard(rows: pd.DataFrame) -> pd.DataFrame:
@@ -198,3 +206,10 @@ def prompts_needed(cfg: RLConfig) -> int:
     num_iterations times."""
     per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps / (cfg.num_generations * cfg.num_iterations)
     return int(np.ceil(cfg.max_steps * per_step))
+
+
+def mean_over(history: list[dict], key: str, start: float = 0.0, end: float = 1.0) -> float:
+    """Mean of a logged value over the share [start, end) of the logged steps (e.g. 0.9 to 1.0: the last tenth)."""
+    v = [float(h[key]) for h in history if key in h]
+    part = v[int(len(v) * start): max(int(len(v) * end), int(len(v) * start) + 1)]
+    return float(np.nanmean(part)) if part else float("nan")
