@@ -109,6 +109,25 @@ def test_holdout_wafers_is_a_seeded_share_of_distinct_wafers():
         rl.holdout_wafers(ids, 1.0, seed=1)
 
 
+def test_hold_out_of_sft_removes_every_pair_of_the_held_wafers(tmp_path):
+    from datasets import Dataset
+    wafers = [f"w{i}" for i in range(20) for _ in range(3)]
+    questions = [f"q{j}" for j in range(len(wafers))]
+    ds = Dataset.from_dict({"messages": [[{"role": "user", "content": [{"type": "text", "text": q}]},
+                                          {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]
+                                         for q in questions]})
+    rows = pd.DataFrame({"wafer_id": wafers, "question": questions})
+    kept, held, path = rl.hold_out_of_sft(ds, rows, 0.25, seed=3, out_dir=tmp_path)
+    assert len(held) == 5 and json.loads((tmp_path / "rl_holdout.json").read_text()) == held
+    kept_q = [m[0]["content"][0]["text"] for m in kept["messages"]]
+    assert kept_q == [q for q, w in zip(questions, wafers) if w not in held] and len(kept_q) == 45
+    assert path == tmp_path / "train_pairs" and path.exists()
+    same, none, no_path = rl.hold_out_of_sft(ds, rows, 0.0, seed=3, out_dir=tmp_path / "none")
+    assert none == [] and no_path is None and len(same) == len(ds)
+    with pytest.raises(ValueError, match="rerun stage 04"):
+        rl.hold_out_of_sft(ds, rows.iloc[::-1], 0.25, seed=3, out_dir=tmp_path)
+
+
 def test_mean_over_takes_the_asked_share_of_logged_steps():
     history = [{"reward": float(i)} for i in range(10)] + [{"loss": 1.0}]
     assert rl.mean_over(history, "reward", 0.0, 0.1) == 0.0

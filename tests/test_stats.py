@@ -51,3 +51,29 @@ def test_mcnemar_exact_against_hand_computed_binomial():
     assert (r["only_a"], r["only_b"]) == (8, 2)
     assert r["p_value"] == pytest.approx(2 * 56 / 1024)
     assert stats.mcnemar([True, False], [True, False])["p_value"] == 1.0
+
+
+def test_compare_models_keys_and_paired_values():
+    import pandas as pd
+    rows = pd.DataFrame({
+        "split": ["val"] * 6 + ["test"] * 6,
+        "wafer_id": [f"w{i // 2}" for i in range(12)],
+        "category": ["defect_type", "location"] * 6,
+        "labels": [["Loc"], ["Loc"], ["Scratch"], ["Scratch"], ["Center", "Loc"], ["Center", "Loc"]] * 2,
+        "sft": ["This wafer map shows a scratch defect pattern.", "x"] * 6,
+        "rl": ["This wafer map shows a localized defect pattern.", "x"] * 6,
+        "sft_score": [0.2, 0.5, 0.4, 0.5, 0.6, 0.5] * 2,
+        "rl_score": [0.3, 0.5, 0.4, 0.7, 0.6, 0.5] * 2,
+    })
+    out = stats.compare_models(rows, ["sft", "rl"], [("sft", "rl")], ("val", "test"), n_resamples=200)
+    for split in ("val", "test"):
+        assert out[f"rl_minus_sft/rule_score_{split}"] == pytest.approx(0.3 / 6)
+        assert out[f"rl/rule_score_{split}"] == pytest.approx(3.0 / 6)
+        assert out[f"rl/rule_score_{split}_ci_low"] <= out[f"rl/rule_score_{split}"] <= out[f"rl/rule_score_{split}_ci_high"]
+        # single-pattern type questions: a Loc wafer and a Scratch wafer (the Center+Loc one is mixed)
+        assert out[f"sft/type_accuracy_{split}"] == 0.5 and out[f"rl/type_accuracy_{split}"] == 0.5
+        assert out[f"rl_minus_sft/type_accuracy_{split}_mcnemar_p"] == 1.0
+    with pytest.raises(ValueError, match="base"):
+        stats.compare_models(rows, ["sft", "rl"], [("base", "rl")])
+    with pytest.raises(ValueError, match="rl_score"):
+        stats.compare_models(rows.drop(columns="rl_score"), ["sft", "rl"], [("sft", "rl")])

@@ -65,10 +65,15 @@ def type_correct(answer: str, labels: list[str]) -> bool:
     return bool(parsed) and label_key(parsed) == label_key(labels)
 
 
+def is_mixed(labels) -> bool:
+    """A wafer with more than one defect pattern (the defect-free label does not count)."""
+    return len([x for x in labels if x != NONE_LABEL]) > 1
+
+
 def type_accuracy(answers, labels) -> dict:
     """Accuracy on single-pattern wafers, on mixed wafers (exact set match), and the share with no label."""
     correct = np.array([type_correct(a, lab) for a, lab in zip(answers, labels)], bool)
-    mixed = np.array([len([x for x in lab if x != NONE_LABEL]) > 1 for lab in labels], bool)
+    mixed = np.array([is_mixed(lab) for lab in labels], bool)
     unparsed = np.array([not parse_labels(a) for a in answers], bool)
 
     def mean(mask):  # None (JSON null) where there is nothing to average

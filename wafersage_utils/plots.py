@@ -274,6 +274,7 @@ def paired_scores(rows: pd.DataFrame, a: str, b: str, name_a: str, name_b: str, 
     sns.barplot(data=long, y=by, x="score", hue="model", ax=ax1, errorbar=None,
                 palette=["#92c5de", "#2166ac"])
     ax1.set(xlabel="mean rule score", ylabel="", title=f"{name_a} and {name_b} on the same questions")
+    sns.move_legend(ax1, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title=None)  # clear of the bars
     diff = rows.groupby("wafer_id")[[a, b]].mean()
     ax2.hist(diff[b] - diff[a], bins=30, color="#4393c3")
     ax2.axvline(0, color="black", lw=0.8)

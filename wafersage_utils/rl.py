@@ -83,6 +83,32 @@ def holdout_wafers(wafer_ids, share: float, seed: int) -> list[str]:
     return sorted(rng.choice(ids, size=n, replace=False).tolist()) if n else []
 
 
+def hold_out_of_sft(train_ds, train_rows: pd.DataFrame, share: float, seed: int, out_dir: Path):
+    """Keep :func:`holdout_wafers` of the training wafers out of the SFT dataset, for RL's learning stream.
+
+    `train_ds` is stage 04's SFT export of the training split and `train_rows` the matching rows of
+    vqa.parquet (same order: checked on the questions). Writes `out_dir/rl_holdout.json` (the wafer ids,
+    read by stage 06) and, when wafers are held out, the remaining pairs to `out_dir/train_pairs`.
+    Returns (dataset to train on, held-out ids, path of that dataset or None when nothing was held out).
+    """
+    questions = [m[0]["content"][-1]["text"] for m in train_ds["messages"]]
+    if questions != train_rows["question"].tolist():
+        raise ValueError(f"the SFT export ({len(questions)} pairs) is out of step with vqa.parquet's training rows "
+                         f"({len(train_rows)}): rerun stage 04")
+    wafers = train_rows["wafer_id"].astype(str).tolist()
+    held = holdout_wafers(wafers, share, seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "rl_holdout.json").write_text(json.dumps(held))
+    if not held:
+        return train_ds, held, None
+    keep = set(wafers) - set(held)
+    kept = train_ds.select([i for i, w in enumerate(wafers) if w in keep])
+    path = out_dir / "train_pairs"
+    kept.save_to_disk(str(path))
+    return kept, held, path
+
+
 def _easy_to_hard(rows: pd.DataFrame) -> pd.DataFrame:
     bad = sorted(set(rows["difficulty"]) - set(LEVELS))
     if bad:

@@ -58,3 +58,46 @@ def mcnemar(correct_a, correct_b) -> dict:
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     p = 1.0 if only_a + only_b == 0 else float(sps.binomtest(only_a, only_a + only_b, 0.5).pvalue)
     return {"only_a": only_a, "only_b": only_b, "p_value": p}
+
+
+def compare_models(rows: pd.DataFrame, models: list[str], pairs: list[tuple[str, str]], splits=("val", "test"),
+                   n_resamples: int = 2000, seed: int = 0) -> dict:
+    """Every headline comparison of models answering the same questions, as flat metrics.
+
+    `rows` holds one question per row with `split`, `wafer_id`, `category` and `labels`, and for each model
+    M its answer in column M and its rule score in `M_score`. Per model and split: the mean rule score
+    with its wafer-cluster interval (`M/rule_score_<split>`, `_ci_low`, `_ci_high`) and the single-pattern
+    type accuracy (`M/type_accuracy_<split>`). Per pair (a, b): the paired bootstrap difference b - a
+    (`b_minus_a/rule_score_<split>`, its interval and `_p`) and the exact McNemar p-value of the type
+    answers (`b_minus_a/type_accuracy_<split>_mcnemar_p`).
+    """
+    from .answers import is_mixed, type_accuracy_by, type_correct
+
+    need = {"split", "wafer_id", "category", "labels"} | set(models) | {f"{m}_score" for m in models}
+    missing = sorted(need - set(rows.columns))
+    if missing:
+        raise ValueError(f"compare_models: rows lack the columns {missing}")
+    unknown = sorted({m for p in pairs for m in p} - set(models))
+    if unknown:
+        raise ValueError(f"compare_models: pairs name {unknown}, which are not among the models {models}")
+    out: dict = {}
+    for split in splits:
+        part = rows[rows["split"] == split]
+        for m in models:
+            ci = cluster_interval(part[f"{m}_score"], part["wafer_id"], n_resamples, seed=seed)
+            out |= {f"{m}/rule_score_{split}": ci["mean"], f"{m}/rule_score_{split}_ci_low": ci["ci_low"],
+                    f"{m}/rule_score_{split}_ci_high": ci["ci_high"]}
+        for a, b in pairs:
+            d = paired_difference(part[f"{a}_score"], part[f"{b}_score"], part["wafer_id"], n_resamples, seed=seed)
+            key = f"{b}_minus_{a}/rule_score_{split}"
+            out |= {key: d["mean"], f"{key}_ci_low": d["ci_low"], f"{key}_ci_high": d["ci_high"],
+                    f"{key}_p": d["p_value"]}
+    types = rows[rows["category"] == "defect_type"]
+    for (m, split), r in type_accuracy_by(types, list(models), tuple(splits)).iterrows():
+        out[f"{m}/type_accuracy_{split}"] = r["single"]
+    for split in splits:
+        single = types[(types["split"] == split) & ~types["labels"].map(is_mixed)]
+        right = {m: [type_correct(x, list(lab)) for x, lab in zip(single[m], single["labels"])] for m in models}
+        for a, b in pairs:
+            out[f"{b}_minus_{a}/type_accuracy_{split}_mcnemar_p"] = mcnemar(right[a], right[b])["p_value"]
+    return out
