@@ -136,3 +136,30 @@ def test_every_shipped_params_file_checks_against_the_notebooks():
     for f in files:
         from wafersage_utils.params import load_params
         check_params(load_params(f), declared, str(f))
+
+
+def test_code_hash_follows_only_the_modules_a_notebook_imports(tmp_path):
+    pkg = tmp_path / "wafersage_utils"
+    pkg.mkdir()
+    files = {"__init__.py": "", "a.py": "from .b import f\n", "b.py": "def f():\n    from . import c\n",
+             "c.py": "X = 1\n", "d.py": "Y = 2\n", "kb.yaml": "k: 1\n"}
+    for name, text in files.items():
+        (pkg / name).write_text(text)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("from wafersage_utils import d"),
+                nbformat.v4.new_code_cell("import os\nfrom wafersage_utils import a")]
+    nb_path = tmp_path / "01_x.ipynb"
+    nbformat.write(nb, nb_path)
+    h = pipeline.code_hash(nb_path, pkg)
+    (pkg / "d.py").write_text("Y = 3\n")  # not imported (the markdown cell is not code): same hash
+    assert pipeline.code_hash(nb_path, pkg) == h
+    (pkg / "c.py").write_text("X = 2\n")  # imported through a -> b -> (function-level) c
+    h2 = pipeline.code_hash(nb_path, pkg)
+    assert h2 != h
+    (pkg / "kb.yaml").write_text("k: 2\n")  # data files always count
+    assert pipeline.code_hash(nb_path, pkg) != h2
+    nb.cells.append(nbformat.v4.new_code_cell("import wafersage_utils"))  # the whole package
+    nbformat.write(nb, nb_path)
+    h3 = pipeline.code_hash(nb_path, pkg)
+    (pkg / "d.py").write_text("Y = 4\n")
+    assert pipeline.code_hash(nb_path, pkg) != h3

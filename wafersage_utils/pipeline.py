@@ -10,6 +10,7 @@ skipped (unless --force), so `--only 05-07` resumes a run.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import logging
@@ -53,11 +54,62 @@ def select_stages(stems: list[str], only: str | None) -> list[str]:
     return picked
 
 
-def package_hash() -> str:
-    """Hash of the package source: a code change invalidates cached stages."""
+PACKAGE = "wafersage_utils"
+
+
+def _package_imports(tree: ast.AST, module: str | None) -> set[str]:
+    """Package modules a parsed source imports anywhere (function-level imports included); `module` is the
+    importing module's name inside the package (None for a notebook). '*' means the whole package."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == PACKAGE:
+                    found.add("*")
+                elif a.name.startswith(PACKAGE + "."):
+                    found.add(a.name.split(".")[1])
+        elif isinstance(node, ast.ImportFrom):
+            if node.level and module is not None:  # relative import inside the package
+                target = node.module
+            elif node.module == PACKAGE or (node.module or "").startswith(PACKAGE + "."):
+                target = node.module.partition(".")[2]
+            else:
+                continue
+            if target:
+                found.add(target.split(".")[0])
+            else:  # from . import a, b  /  from wafersage_utils import a, b
+                found.update(a.name for a in node.names)
+    return found
+
+
+def code_hash(nb_path: Path, root: Path | None = None) -> str:
+    """Hash of the package source a notebook depends on: the modules its cells import, the modules those
+    import (transitively), `__init__.py`, and every data file of the package (knowledge base, prompts).
+    A change to a module the stage never imports leaves its fingerprint, and its cached results, alone."""
+    root = root or PROJECT_ROOT / PACKAGE
+    sources = {p.stem: p for p in root.glob("*.py")}
+    cells = [c["source"] for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = ["".join(c) if isinstance(c, list) else c for c in cells]
+    todo: set[str] = set()
+    for src in cells:
+        try:
+            todo |= _package_imports(ast.parse(src), None)
+        except SyntaxError:  # magics and shell lines: fall back on the whole package
+            todo.add("*")
+    if "*" in todo:
+        todo = set(sources)
+    seen: set[str] = {"__init__"}
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in sources:
+            continue
+        seen.add(name)
+        todo |= _package_imports(ast.parse(sources[name].read_text()), name) - seen
+    files = [sources[n] for n in sorted(seen) if n in sources]
+    files += sorted(p for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc"))
     h = hashlib.sha256()
-    for p in sorted((PROJECT_ROOT / "wafersage_utils").rglob("*.py")):
-        h.update(p.name.encode())
+    for p in files:
+        h.update(str(p.relative_to(root)).encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
@@ -111,11 +163,11 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     write_json(run_dir / "environment.json", environment_record())
-    status, code = _load_status(run_dir), package_hash()
+    status = _load_status(run_dir)
     for stem in stems:
         values = stage_parameters(params, stem, declared[stem]) | {"run_dir": str(run_dir)}
         upstream = [status["stages"].get(s, {}).get("fingerprint", "") for s in notebooks if s < stem]
-        fp = fingerprint(notebooks[stem], values, upstream, code)
+        fp = fingerprint(notebooks[stem], values, upstream, code_hash(notebooks[stem]))
         prev = status["stages"].get(stem, {})
         out_nb = run_dir / f"{stem}.ipynb"
         if not force and prev.get("state") == "done" and prev.get("fingerprint") == fp and out_nb.exists() \
