@@ -64,20 +64,18 @@ def negated_at(clause: str, start: int, end: int) -> bool:
     return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after) or _CLEAR_AFTER.search(after))
 
 
-def term_found(term: str, answer: str, threshold: float) -> bool:
-    """Is `term` affirmed somewhere in `answer`?
-
-    The term is compared (rapidfuzz ratio, so 'centre' matches 'center' and 'scratches' 'scratch') with
-    every run of whole words of about its length in each clause; a match counts unless the clause negates it.
-    Whole words keep 'ring' from matching inside 'handling'; numbers must match exactly, so '4 o'clock' is
-    not found in '10 o'clock' however close the strings are.
-    """
+def term_match(term: str, answer: str, stop_at: float = 1.0) -> float:
+    """The best fuzzy match (rapidfuzz ratio / 100) of `term` with a run of whole words in a clause of
+    `answer` that does not negate it; 0 when there is none. The scan stops at the first match reaching
+    `stop_at`. Whole words keep 'ring' from matching inside 'handling'; numbers must match exactly, so
+    '4 o'clock' is not found in '10 o'clock' however close the strings are."""
     needle = default_process(term)
     if not needle:
-        return False
+        return 0.0
     needle_words = set(needle.split())
     numbers = [w for w in needle.split() if w.isdigit()]
     k = len(needle.split())
+    best = 0.0
     for clause in clauses(answer):
         words = default_process(clause).split()
         for n in {max(1, k - 1), k, k + 1}:
@@ -85,9 +83,21 @@ def term_found(term: str, answer: str, threshold: float) -> bool:
                 window = words[i: i + n]
                 if numbers and [w for w in window if w.isdigit()] != numbers:
                     continue
-                if fuzz.ratio(needle, " ".join(window)) >= threshold * 100 and not _negated(words, i, i + n, needle_words):
-                    return True
-    return False
+                r = fuzz.ratio(needle, " ".join(window)) / 100.0
+                if r > best and not _negated(words, i, i + n, needle_words):
+                    best = r
+                    if best >= stop_at:
+                        return best
+    return best
+
+
+def term_found(term: str, answer: str, threshold: float) -> bool:
+    """Is `term` affirmed somewhere in `answer`: a non-negated :func:`term_match` at or above `threshold`?
+
+    The term is compared (rapidfuzz ratio, so 'centre' matches 'center' and 'scratches' 'scratch') with
+    every run of whole words of about its length in each clause; a match counts unless the clause negates it.
+    """
+    return term_match(term, answer, stop_at=threshold) >= threshold
 
 
 def dimension_score(answer: str, must_hit: list[str], must_avoid: list[str], p: RuleParams = RuleParams()) -> dict:

@@ -1,0 +1,178 @@
+"""Stage 07's building blocks: judge replies, the embedding judge, alignment, the classification view and the
+error taxonomy, on hand-made cases with known answers."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wafersage_utils import alignment, errors, evaluation, judge, llm
+from wafersage_utils.knowledge import load_knowledge
+from wafersage_utils.scoring import RuleParams, rule_score, term_match
+from tests.chat_server import last_user_text
+
+RUBRIC = {"spatial": {"must_hit": ["center"], "must_avoid": ["edge"]},
+          "morphology": {"must_hit": ["round blob"], "must_avoid": []}}
+
+
+# --- judge replies ---------------------------------------------------------------------------------------
+
+def test_parse_judgement_accepts_fenced_json_and_numeric_strings():
+    text = 'Here you go:\n```json\n{"spatial": 7, "morphology": "8.5", "overall": 8, "why": "ok"}\n```'
+    assert judge.parse_judgement(text, ["spatial", "morphology"]) == {"spatial": 7.0, "morphology": 8.5, "overall": 8.0}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no json here", "no JSON object"),
+    ('{"spatial": 7}', "missing key 'overall'"),
+    ('{"spatial": 11, "overall": 5}', "'spatial' is 11"),
+    ('{"spatial": "high", "overall": 5}', "'spatial' is 'high'"),
+    ('{"spatial": true, "overall": 5}', "'spatial' is True"),
+    ('{"spatial": 5, "overall": NaN}', "'overall'"),
+    ('[1, 2]', "no JSON object"),
+])
+def test_parse_judgement_refuses_malformed_replies(text, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        judge.parse_judgement(text, ["spatial"])
+
+
+def _rows():
+    return pd.DataFrame({"question": ["Where are the failures?"], "answer": ["A round blob at the center."],
+                         "terms": [json.dumps(RUBRIC)]})
+
+
+def test_llm_judge_repairs_once_then_scores(server, tmp_path):
+    def responder(request):
+        if "could not be used" in last_user_text(request):
+            return '{"spatial": 9, "morphology": 6, "overall": 8}'
+        return '{"spatial": 9, "overall": 8}'  # forgets a dimension the first time
+    url, script = server([], responder=responder)
+    settings = llm.ChatSettings(model="judge-m", base_url=url, max_retries=0)
+    j = judge.LLMJudge(llm.ChatClient(settings, tmp_path), settings)
+    out = j.score(_rows(), ["The center holds a round blob."], progress=False)
+    assert out.loc[0, ["judge_spatial", "judge_morphology", "judge_overall"]].tolist() == [9.0, 6.0, 8.0]
+    assert out.loc[0, "judge"] == "llm:judge-m" and out.loc[0, "judge_repaired"] and out.loc[0, "judge_error"] == ""
+    first = script.requests[0]["messages"][-1]["content"][-1]["text"]
+    assert "round blob" in first and "must_hit" in first and "A round blob at the center." in first
+    assert [m["role"] for m in script.requests[-1]["messages"]] == ["system", "user", "assistant", "user"]
+    # a second run answers from the cache: no new request
+    n = len(script.requests)
+    j.score(_rows(), ["The center holds a round blob."], progress=False)
+    assert len(script.requests) == n
+
+
+def test_llm_judge_keeps_a_reply_that_stays_bad_as_an_error(server, tmp_path):
+    url, _ = server([], responder=lambda r: "I would give it a seven.")
+    settings = llm.ChatSettings(model="judge-m", base_url=url, max_retries=0)
+    out = judge.LLMJudge(llm.ChatClient(settings, tmp_path), settings).score(_rows(), ["x"], progress=False)
+    assert np.isnan(out.loc[0, "judge_overall"]) and "after repair" in out.loc[0, "judge_error"]
+
+
+def test_embedding_judge_ranks_a_faithful_answer_above_an_unrelated_one():
+    j = judge.EmbeddingJudge()
+    rows = pd.concat([_rows()] * 3, ignore_index=True)
+    out = j.score(rows, ["A round blob of failing dies at the center.", "Scratches run across the edge.", ""],
+                  progress=False)
+    assert j.kind == "embedding" and set(out["judge"]) == {"embedding:all-MiniLM-L6-v2"}
+    s = out["judge_overall"].tolist()
+    assert s[0] > s[1] > 0 and s[0] > s[2] and all(0 <= x <= 10 for x in s)
+    assert out["judge_root_cause"].isna().all()  # not in the rubric
+    assert out.loc[0, "judge_morphology"] > out.loc[1, "judge_morphology"]
+
+
+# --- alignment -------------------------------------------------------------------------------------------
+
+def test_scores_from_matches_equal_the_rule_score():
+    answers = ["A round blob at the centre, not at the edge.", "Failures at the edge.", "", "round blobs near center"]
+    m = alignment.match_table(answers, [json.dumps(RUBRIC)] * 4)
+    for p in (RuleParams(), RuleParams(threshold=0.6, w_hit=0.9, w_avoid=0.1)):
+        fast = alignment.scores_from_matches(m, p)
+        slow = [rule_score(a, RUBRIC, p)["S"] for a in answers]
+        assert fast == pytest.approx(slow)
+
+
+def test_term_match_is_the_best_non_negated_ratio():
+    assert term_match("center", "failures at the center") == 1.0
+    assert term_match("center", "the center is clear") < 0.6  # the exact match is negated; only other words are left
+    assert 0.6 < term_match("center", "failures at the centre") < 1.0
+
+
+def test_alignment_finds_a_known_optimum_and_reports_held_out_rho():
+    # The judge only cares about morphology (the 'round blob'); the default weights rank spatial (0.4) above
+    # morphology (0.35), so they order a center-only answer above a blob-only one: the fit must reverse that.
+    rng = np.random.default_rng(0)
+    def make(n):
+        hit_c, hit_m = rng.random(n) < 0.5, rng.random(n) < 0.5
+        answers = [("failures at the center" if c else "failures at mid-radius") + (" forming a round blob" if m else "")
+                   for c, m in zip(hit_c, hit_m)]
+        return alignment.match_table(answers, [json.dumps(RUBRIC)] * n), hit_m * 8.0 + rng.normal(0, 0.5, n)
+    cal, jc = make(120)
+    held, jh = make(120)
+    res = alignment.align(cal, jc, held, jh, n_trials=60, seed=0)
+    w = res["params"].weights
+    assert w["morphology"] > w["spatial"]
+    assert res["spearman_after"] > res["spearman_before"] + 0.1
+    assert res["spearman_after_calibration"] >= res["spearman_before_calibration"]
+    assert len(res["study"].trials) == 60 and res["study"].trials[0].params["threshold"] == RuleParams().threshold
+    table = alignment.fitted_table(res, paper={"w_hit": 0.9, "w_avoid": 0.1, "threshold": 0.713})
+    assert list(table.index) == ["default", "fitted", "paper"]
+
+
+# --- classification view ---------------------------------------------------------------------------------
+
+def test_classification_view_by_hand():
+    true = [["Loc"], ["Loc"], ["Scratch"], ["Center", "Loc"], ["none"]]
+    pred = [["Loc"], ["Scratch"], ["Scratch"], ["Center"], []]
+    c = evaluation.classification(true, pred)
+    assert c["accuracy"] == 0.5 and c["accuracy_mixed"] == 0.0 and c["unparsed_share"] == 0.2
+    assert c["recall/Loc"] == pytest.approx(1 / 3) and c["recall/Scratch"] == 1.0 and c["recall/none"] == 0.0
+    # per label F1 over present labels: Center 1, Loc 2/(2+0+2)=... computed by sklearn on the indicator matrix
+    f1 = {"Center": 1.0, "Loc": 2 * 1 / (2 * 1 + 0 + 2), "Scratch": 2 / 3, "none": 0.0}
+    assert c["macro_f1"] == pytest.approx(np.mean(list(f1.values())))
+    conf = evaluation.confusion(true, pred)
+    assert conf.loc["Loc", "Scratch"] == 1 and conf.loc["none", evaluation.UNPARSED] == 1
+    assert "Center" not in conf.index  # mixed wafers are not in the single-label matrix
+
+
+def test_type_table_intervals_bracket_the_estimate_and_names_are_kept():
+    types = pd.DataFrame({"wafer_id": [f"w{i}" for i in range(40)],
+                          "labels": [["Loc"] if i % 2 else ["Scratch"] for i in range(40)]})
+    model = [["Loc"] if i % 4 == 1 else ["Scratch"] for i in range(40)]  # right on 30 of 40
+    table, m = evaluation.type_table(types, {"sft": model, "majority": evaluation.majority_labels(["Scratch"], 40)},
+                                     n_resamples=300)
+    assert m["sft/type_accuracy"] == 0.75 and m["majority/type_accuracy"] == 0.5
+    assert m["sft/type_accuracy_ci_low"] < 0.75 < m["sft/type_accuracy_ci_high"]
+    assert m["sft/type_macro_f1_ci_low"] <= m["sft/type_macro_f1"] <= m["sft/type_macro_f1_ci_high"]
+    assert list(table.index) == ["sft", "majority"]
+    assert evaluation.labels_of_key("Center+Loc") == ["Center", "Loc"] and evaluation.labels_of_key(float("nan")) == []
+
+
+# --- error taxonomy --------------------------------------------------------------------------------------
+
+def _facts():
+    """A center blob and nothing else (the measured-facts fields the claim checks read)."""
+    return {"zones_with_failures": ["center"], "zone_clustered_density": {"center": 0.3, "mid-radius": 0.0, "edge": 0.0},
+            "ring_zones": [], "clock_sectors": [], "scattered": False, "near_full": False, "fail_ratio": 0.05,
+            "regions": [{"zone": "center", "shape": "blob", "clock_sectors": []}]}
+
+
+def test_error_taxonomy_on_hand_made_answers():
+    f, kb = _facts(), load_knowledge()
+    e = errors.answer_errors("This wafer map shows a center and scratch defect pattern.", "defect_type", ["Center"], f, kb)
+    assert e["over_splitting"] is True and e["missed_pattern"] is False
+    e = errors.answer_errors("This wafer map shows no systematic defect pattern.", "defect_type", ["Center"], f, kb,
+                             subtle=True)
+    assert e["missed_pattern"] is True and e["missed_subtle"] is True and e["over_splitting"] is False
+    e = errors.answer_errors("The failures cluster at the edge around 3 o'clock.", "spatial", ["Center"], f, kb)
+    assert e["hallucinated_location"] is True and e["wrong_root_cause"] is None and e["evidence"]
+    e = errors.answer_errors("The failures cluster at the center; the edge is clear.", "spatial", ["Center"], f, kb)
+    assert e["hallucinated_location"] is False
+    rates = errors.error_rates(pd.DataFrame([
+        errors.answer_errors("It shows a center pattern.", "defect_type", ["Center"], f, kb),
+        errors.answer_errors("It shows a scratch and center pattern.", "defect_type", ["Center"], f, kb)]))
+    e = errors.answer_errors("The likely cause is an edge bead removal fault.", "root_cause",
+                             ["Center"], f, kb)
+    assert e["wrong_root_cause"] is True, e["evidence"]
+    e = errors.answer_errors("Check the spin-coat or chuck center effect.", "root_cause", ["Center"], f, kb)
+    assert e["wrong_root_cause"] is False
+    assert rates["over_splitting_rate"] == 0.5 and rates["over_splitting_n"] == 2 and rates["wrong_root_cause_n"] == 0
