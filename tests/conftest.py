@@ -66,3 +66,9 @@ def sft_run(smoke_run):
 def rl_run(sft_run):
     """Stage 06 run once on the smoke run's SFT model (adds models/rl/ and metrics/06_rl.json)."""
     return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="06", results_dir=sft_run.parent)
+
+
+@pytest.fixture(scope="session")
+def eval_run(rl_run):
+    """Stage 07 run once on the smoke run: the last link of the chain 01 to 07 (adds metrics/07_eval.json)."""
+    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="07", results_dir=rl_run.parent)

@@ -150,3 +150,42 @@ def test_stage_06_with_smoke_params(rl_run):
     assert (run / "models" / "rl" / "train" / "adapter" / "adapter_config.json").exists()
     assert (run / "tables" / "rl_vs_sft_scores.csv").exists() and (run / "data" / "rl_vs_sft_answers.parquet").exists()
     assert {"fig_rl_reward_audit.png", "fig_rl_curves.png", "fig_rl_vs_sft.png"} <= {p.name for p in (run / "figures").glob("*.png")}
+
+
+@pytest.mark.slow
+def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
+    """Stages 01 to 07 ran headless with smoke.yaml; the final metrics hold every headline key, in range,
+    with ordered intervals, and a rerun of 07 alone regenerates everything from cached answers."""
+    run = eval_run
+    m = json.loads((run / "metrics" / "07_eval.json").read_text())
+    assert m["models"] == ["base", "sft", "rl"] and m["judge_kind"] == "embedding" and "LLM" not in m["judge"]
+    for name in ("base", "sft", "rl"):
+        for key, top in (("rule_score", 1.0), ("judge_score", 10.0), ("type_accuracy", 1.0), ("type_macro_f1", 1.0)):
+            lo, mid, hi = (m[f"{name}/{key}{s}"] for s in ("_ci_low", "", "_ci_high"))
+            assert 0.0 <= lo <= mid <= hi <= top, (name, key, lo, mid, hi)
+        for c in ("over_splitting", "missed_pattern", "wrong_root_cause", "hallucinated_location"):
+            v = m[f"errors/{name}/{c}_rate"]
+            assert v is None or v != v or 0.0 <= v <= 1.0, (name, c)  # NaN: no answer where the error is possible
+    assert -1.0 <= m["alignment/spearman_before"] <= 1.0 and -1.0 <= m["alignment/spearman_after"] <= 1.0
+    assert m["alignment/spearman_after_calibration"] >= m["alignment/spearman_before_calibration"] - 1e-12
+    assert 0.0 <= m["baseline/type_macro_f1"] <= 1.0 and 0.0 <= m["majority/type_accuracy"] <= 1.0
+    d = m["rl_minus_sft/rule_score"]
+    assert abs(d - (m["rl/rule_score"] - m["sft/rule_score"])) < 1e-9
+    figures = {p.name for p in (run / "figures").glob("fig_eval_*.png")}
+    assert {"fig_eval_scores.png", "fig_eval_alignment.png", "fig_eval_confusion.png", "fig_eval_errors.png"} <= figures
+    scores = pd.read_csv(run / "tables" / "eval_scores.csv")
+    assert list(scores["model"]) == ["base", "sft", "rl"]
+    # the README table comes from this run's metrics
+    from wafersage_utils import report
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
+    report.refresh_readme(run, readme)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
+    assert f"| rl | {m['rl/rule_score']:.3f}" in text and "07_eval" in text
+    # --only 07 again: answers come from the cache, the numbers are the same
+    from wafersage_utils import pipeline
+    pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="07", results_dir=run.parent, force=True)
+    again = json.loads((run / "metrics" / "07_eval.json").read_text())
+    for key in ("rl/rule_score", "sft/judge_score", "alignment/spearman_after", "errors/rl/over_splitting_rate"):
+        assert again[key] == m[key] or (again[key] != again[key] and m[key] != m[key]), key

@@ -108,3 +108,14 @@ def fitted_table(result: dict, base: RuleParams = RuleParams(), paper: dict | No
     if paper:
         out["paper"] = paper
     return pd.DataFrame(out).T
+
+
+def pooled(rows: pd.DataFrame, models: list[str], split: str) -> tuple[list[str], list, np.ndarray]:
+    """Every model's answers on one split, pooled: (answers, rubrics, judge scores), without the answers the
+    judge could not score (NaN). Columns: model M's answer in M, its judge score in `M_judge`."""
+    part = rows[rows["split"] == split]
+    answers = [a for m in models for a in part[m]]
+    terms = [t for _ in models for t in part["terms"]]
+    scores = np.concatenate([part[f"{m}_judge"].to_numpy(float) for m in models]) if models else np.array([])
+    ok = np.isfinite(scores)
+    return [a for a, k in zip(answers, ok) if k], [t for t, k in zip(terms, ok) if k], scores[ok]

@@ -127,3 +127,23 @@ def majority_labels(train_keys, n: int) -> list[list[str]]:
     """The most common training label set, answered for every one of n questions."""
     top = pd.Series(list(train_keys)).value_counts().idxmax()
     return [labels_of_key(top) or [NONE_LABEL]] * n
+
+
+def rule_scores(answers, terms, params=None) -> pd.DataFrame:
+    """The rule score of each answer against its rubric: overall `S` and each dimension's D (NaN where the
+    rubric has no such dimension), on the <SOLUTION> part of tagged answers."""
+    from .answers import solution_text
+    from .rewards import rubric_of
+    from .scoring import DIMENSIONS, RuleParams, rule_score
+    p = params or RuleParams()
+    out = []
+    for a, t in zip(answers, terms):
+        r = rule_score(solution_text(a or ""), rubric_of(t), p)
+        out.append({"S": r["S"], **{d: r["dimensions"][d]["D"] if d in r["dimensions"] else np.nan for d in DIMENSIONS}})
+    return pd.DataFrame(out)
+
+
+def rewardable(terms) -> np.ndarray:
+    """Rows whose rubric has at least one term to hit or avoid (any answer scores 1 on the others)."""
+    from .rewards import rubric_of
+    return np.array([any(v.get("must_hit") or v.get("must_avoid") for v in rubric_of(t).values()) for t in terms], bool)

@@ -101,7 +101,8 @@ def maps_with_text(maps: list[np.ndarray], texts: list[str], titles: list[str], 
     for (ax_map, ax_txt), m, text, title in zip(axes, maps, texts, titles):
         show_map(ax_map, m, title)
         ax_txt.set_axis_off()
-        ax_txt.text(0, 1, textwrap.fill(text, width), va="top", ha="left", fontsize=7.5, transform=ax_txt.transAxes)
+        wrapped = "\n".join(textwrap.fill(line, width) for line in text.splitlines())  # keep the text's own lines
+        ax_txt.text(0, 1, wrapped, va="top", ha="left", fontsize=7.5, transform=ax_txt.transAxes)
     fig.tight_layout()
     return fig
 

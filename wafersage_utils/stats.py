@@ -61,19 +61,20 @@ def mcnemar(correct_a, correct_b) -> dict:
 
 
 def compare_models(rows: pd.DataFrame, models: list[str], pairs: list[tuple[str, str]], splits=("val", "test"),
-                   n_resamples: int = 2000, seed: int = 0) -> dict:
+                   n_resamples: int = 2000, seed: int = 0, score: str = "score", metric: str = "rule_score",
+                   with_types: bool = True) -> dict:
     """Every headline comparison of models answering the same questions, as flat metrics.
 
     `rows` holds one question per row with `split`, `wafer_id`, `category` and `labels`, and for each model
-    M its answer in column M and its rule score in `M_score`. Per model and split: the mean rule score
-    with its wafer-cluster interval (`M/rule_score_<split>`, `_ci_low`, `_ci_high`) and the single-pattern
-    type accuracy (`M/type_accuracy_<split>`). Per pair (a, b): the paired bootstrap difference b - a
-    (`b_minus_a/rule_score_<split>`, its interval and `_p`) and the exact McNemar p-value of the type
-    answers (`b_minus_a/type_accuracy_<split>_mcnemar_p`).
+    M its answer in column M and its score in `M_<score>` (the rule score by default). Per model and split:
+    the mean score with its wafer-cluster interval (`M/<metric>_<split>`, `_ci_low`, `_ci_high`) and, with
+    `with_types`, the single-pattern type accuracy (`M/type_accuracy_<split>`). Per pair (a, b): the paired
+    bootstrap difference b - a (`b_minus_a/<metric>_<split>`, its interval and `_p`) and, with `with_types`, the
+    exact McNemar p-value of the type answers (`b_minus_a/type_accuracy_<split>_mcnemar_p`).
     """
     from .answers import is_mixed, type_accuracy_by, type_correct
 
-    need = {"split", "wafer_id", "category", "labels"} | set(models) | {f"{m}_score" for m in models}
+    need = {"split", "wafer_id", "category", "labels"} | set(models) | {f"{m}_{score}" for m in models}
     missing = sorted(need - set(rows.columns))
     if missing:
         raise ValueError(f"compare_models: rows lack the columns {missing}")
@@ -84,14 +85,16 @@ def compare_models(rows: pd.DataFrame, models: list[str], pairs: list[tuple[str,
     for split in splits:
         part = rows[rows["split"] == split]
         for m in models:
-            ci = cluster_interval(part[f"{m}_score"], part["wafer_id"], n_resamples, seed=seed)
-            out |= {f"{m}/rule_score_{split}": ci["mean"], f"{m}/rule_score_{split}_ci_low": ci["ci_low"],
-                    f"{m}/rule_score_{split}_ci_high": ci["ci_high"]}
+            ci = cluster_interval(part[f"{m}_{score}"], part["wafer_id"], n_resamples, seed=seed)
+            out |= {f"{m}/{metric}_{split}": ci["mean"], f"{m}/{metric}_{split}_ci_low": ci["ci_low"],
+                    f"{m}/{metric}_{split}_ci_high": ci["ci_high"]}
         for a, b in pairs:
-            d = paired_difference(part[f"{a}_score"], part[f"{b}_score"], part["wafer_id"], n_resamples, seed=seed)
-            key = f"{b}_minus_{a}/rule_score_{split}"
+            d = paired_difference(part[f"{a}_{score}"], part[f"{b}_{score}"], part["wafer_id"], n_resamples, seed=seed)
+            key = f"{b}_minus_{a}/{metric}_{split}"
             out |= {key: d["mean"], f"{key}_ci_low": d["ci_low"], f"{key}_ci_high": d["ci_high"],
                     f"{key}_p": d["p_value"]}
+    if not with_types:
+        return out
     types = rows[rows["category"] == "defect_type"]
     for (m, split), r in type_accuracy_by(types, list(models), tuple(splits)).iterrows():
         out[f"{m}/type_accuracy_{split}"] = r["single"]
