@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.chat_server import last_user_text
 from wafersage_utils import alignment, errors, evaluation, judge, llm
 from wafersage_utils.knowledge import load_knowledge
 from wafersage_utils.scoring import RuleParams, rule_score, term_match
-from tests.chat_server import last_user_text
 
 RUBRIC = {"spatial": {"must_hit": ["center"], "must_avoid": ["edge"]},
           "morphology": {"must_hit": ["round blob"], "must_avoid": []}}

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import time
 from pathlib import Path
 
-from .hf_chat import model_fingerprint
-from .llm import ChatClient, ChatResult, ChatSettings, ResponseCache, cache_key, strip_reasoning
+from .hf_chat import HFChat, model_fingerprint
+from .llm import ChatClient, ChatSettings, ResponseCache
 
 log = logging.getLogger("wafersage.backends")
 BACKENDS = ("auto", "hf", "vllm", "openai")
@@ -40,45 +39,25 @@ class OpenAIChat(ChatClient):
         return self.settings.model
 
 
-class VLLMChat:
-    """Batched generation with vLLM's offline engine; answers cached under the model's fingerprint."""
+class VLLMChat(HFChat):
+    """vLLM's offline engine behind HFChat's cache and batching (only the generation differs)."""
 
-    def __init__(self, path: str, cache_dir: Path, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
-                 seed: int = 0):
+    def __init__(self, path: str, cache_dir: Path, batch_size: int = 256, max_model_len: int = 4096,
+                 gpu_memory_utilization: float = 0.85, seed: int = 0):
         from vllm import LLM
         self.llm = LLM(model=path, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                        limit_mm_per_prompt={"image": 1}, seed=seed)
-        self.name = model_fingerprint(path)
+        self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
         self.cache = ResponseCache(cache_dir)
         self.n_requests = 0
 
-    def complete_many(self, requests: list[dict], desc: str = "vllm", progress: bool = True) -> list[ChatResult]:
+    def _generate(self, requests: list[dict]) -> list[str]:
         from vllm import SamplingParams
-        keys = [cache_key(dict(r, model=self.name)) for r in requests]
-        results: list[ChatResult | None] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, k in enumerate(keys):
-            hit = self.cache.get(k)
-            if hit is not None:
-                results[i] = ChatResult(hit["text"], cached=True)
-            else:
-                r = requests[i]
-                groups.setdefault((r.get("max_tokens", 256), float(r.get("temperature") or 0.0)), []).append(i)
-        for (max_tokens, temperature), idx in groups.items():
-            t0 = time.perf_counter()
-            self.n_requests += len(idx)
-            outs = self.llm.chat([requests[i]["messages"] for i in idx],
-                                 SamplingParams(max_tokens=int(max_tokens), temperature=temperature),
-                                 use_tqdm=progress)
-            dt = (time.perf_counter() - t0) / max(1, len(idx))
-            for i, out in zip(idx, outs):
-                text = strip_reasoning(out.outputs[0].text if out.outputs else "")
-                if text:
-                    self.cache.put(keys[i], {"text": text, "model": self.name})
-                    results[i] = ChatResult(text, seconds=dt)
-                else:
-                    results[i] = ChatResult(None, "empty generation", seconds=dt)
-        return results
+        first = requests[0]  # HFChat batches only requests with equal max_tokens and temperature
+        params = SamplingParams(max_tokens=int(first.get("max_tokens", 256)),
+                                temperature=float(first.get("temperature") or 0.0))
+        outs = self.llm.chat([r["messages"] for r in requests], params, use_tqdm=False)
+        return [o.outputs[0].text if o.outputs else "" for o in outs]
 
 
 def make_chat(backend: str, model: str, cache_dir: Path, batch_size: int = 16, base_url: str = "",
@@ -99,6 +78,5 @@ def make_chat(backend: str, model: str, cache_dir: Path, batch_size: int = 16, b
         settings = ChatSettings(model=model, base_url=base_url, api_key_env=api_key_env, concurrency=concurrency,
                                 timeout_s=timeout_s, temperature=0.0)
         return OpenAIChat(settings, cache_dir)
-    from .hf_chat import HFChat
     return HFChat(model, cache_dir, batch_size=batch_size)
 

@@ -68,7 +68,7 @@ def error_rates(table: pd.DataFrame) -> dict:
     for c in CATEGORIES:
         col = table[c].dropna().astype(bool)
         out[f"{c}_rate"] = float(col.mean()) if len(col) else float("nan")
-        out[f"{c}_n"] = int(len(col))
+        out[f"{c}_n"] = len(col)
     return out
 
 

@@ -98,28 +98,41 @@ def error_rates(rates: pd.DataFrame):
     return fig
 
 
+def _cell(m: dict, key: str, digits: int = 3) -> str:
+    v, lo, hi = m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    if v is None or not np.isfinite(v):
+        return "-"
+    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and np.isfinite(lo) else ""
+    return f"{v:.{digits}f}{ci}"
+
+
 def results_markdown(run_dir: Path) -> str:
-    """The README's results block: stage 07's headline table, the alignment and the wall time per stage."""
+    """The README's results block: stage 07's headline table, paired differences, alignment, error rates and
+    the wall time per stage."""
     m = json.loads((run_dir / "metrics" / "07_eval.json").read_text())
     status = json.loads((run_dir / "status.json").read_text())
     models = m["models"]
-    lines = [f"Test split, {m['n_test_questions']} questions on {m['n_test_wafers']} wafers; 95% intervals resample "
-             f"wafers. Judge: {m['judge']} ({m['judge_kind']}).", "",
+    lines = [f"Test split: {m['n_test_questions']} questions on {m['n_test_wafers']} wafers; brackets are 95% "
+             f"intervals that resample wafers. Judge: {m['judge']} ({m['judge_kind']}).", "",
              "| model | rule score | judge score (0-10) | type accuracy | type macro-F1 |", "|---|---|---|---|---|"]
-
-    def cell(key):
-        v, lo, hi = m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
-        if v is None or (isinstance(v, float) and not np.isfinite(v)):
-            return "-"
-        return f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else f"{v:.3f}"
-    for name in models:
-        lines.append(f"| {name} | {cell(f'{name}/rule_score')} | {cell(f'{name}/judge_score')} | "
-                     f"{cell(f'{name}/type_accuracy')} | {cell(f'{name}/type_macro_f1')} |")
-    for name in ("baseline", "majority"):
-        lines.append(f"| {name} (stage 01) | - | - | {cell(f'{name}/type_accuracy')} | {cell(f'{name}/type_macro_f1')} |"
-                     if name == "baseline" else
-                     f"| {name} class | - | - | {cell(f'{name}/type_accuracy')} | {cell(f'{name}/type_macro_f1')} |")
-    lines += ["", f"Alignment (Spearman of rule score and judge on the held-out split): "
+    rows = [(n, n) for n in models] + [("baseline", "classical baseline (stage 01)"), ("majority", "majority class")]
+    for key, label in rows:
+        lines.append(f"| {label} | {_cell(m, f'{key}/rule_score')} | {_cell(m, f'{key}/judge_score')} | "
+                     f"{_cell(m, f'{key}/type_accuracy')} | {_cell(m, f'{key}/type_macro_f1')} |")
+    pairs = sorted({k.split("/")[0] for k in m if "_minus_" in k.split("/")[0]})
+    if pairs:
+        lines += ["", "| paired difference | rule score (p) | judge score (p) | type accuracy McNemar p |",
+                  "|---|---|---|---|"]
+        for p in pairs:
+            lines.append(f"| {p.replace('_minus_', ' - ')} | {_cell(m, f'{p}/rule_score', 4)} "
+                         f"({m.get(f'{p}/rule_score_p', float('nan')):.2f}) | {_cell(m, f'{p}/judge_score')} "
+                         f"({m.get(f'{p}/judge_score_p', float('nan')):.2f}) | "
+                         f"{m.get(f'{p}/type_accuracy_test_mcnemar_p', float('nan')):.3f} |")
+    cats = sorted({k.split("/")[2][:-5] for k in m if k.startswith("errors/") and k.endswith("_rate")})
+    lines += ["", "| error rate | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {c.replace('_', ' ')} | " + " | ".join(_cell(m, f"errors/{n}/{c}_rate") for n in models) + " |"
+              for c in cats]
+    lines += ["", f"Alignment, Spearman of rule score and judge on test (fitted on validation): "
               f"{m['alignment/spearman_before']:.3f} with the default constants, "
               f"{m['alignment/spearman_after']:.3f} with the fitted ones.", "",
               "| stage | wall time (s) |", "|---|---|"]
@@ -133,9 +146,9 @@ def refresh_readme(run_dir: Path, readme: Path) -> str:
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no {README_START} ... {README_END} block to refresh")
-    block = f"{README_START}\n<!-- made by: python -m wafersage_utils.report {run_dir} -->\n" \
-            f"{results_markdown(run_dir)}\n{README_END}"
-    new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.S)
+    block = (f"{README_START}\n<!-- made by: python -m wafersage_utils.report {run_dir} -->\n"
+             f"{results_markdown(run_dir)}\n{README_END}")
+    new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.DOTALL)
     atomic_write_text(readme, new)
     return block
 
