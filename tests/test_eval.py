@@ -1,6 +1,7 @@
 """Stage 07's building blocks: judge replies, the embedding judge, alignment, the classification view and the
 error taxonomy, on hand-made cases with known answers."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -176,3 +177,40 @@ def test_error_taxonomy_on_hand_made_answers():
     e = errors.answer_errors("Check the spin-coat or chuck center effect.", "root_cause", ["Center"], f, kb)
     assert e["wrong_root_cause"] is False
     assert rates["over_splitting_rate"] == 0.5 and rates["over_splitting_n"] == 2 and rates["wrong_root_cause_n"] == 0
+
+
+# --- answer backends -------------------------------------------------------------------------------------
+
+def test_openai_answer_backend_sends_image_and_question_and_caches(server, tmp_path):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from wafersage_utils import backends, inference
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="PNG")
+    rows = pd.DataFrame({"question": ["What type of defect pattern is visible?", "Where are the failures?"],
+                         "image_bytes": [buf.getvalue()] * 2})
+    url, script = server([], responder=lambda r: f"answer to: {last_user_text(r)}")
+    chat = backends.make_chat("openai", "served-model", tmp_path / "cache", base_url=url)
+    out = inference.answer_rows(chat, rows, tmp_path, max_tokens=16, progress=False)
+    assert out == ["answer to: What type of defect pattern is visible?", "answer to: Where are the failures?"]
+    sent = script.requests[0]
+    assert sent["model"] == "served-model" and sent["max_tokens"] == 16 and sent["temperature"] == 0.0
+    url_part = sent["messages"][0]["content"][0]["image_url"]["url"]
+    assert base64.b64decode(url_part.split(",", 1)[1]) == buf.getvalue()
+    n = len(script.requests)
+    assert inference.answer_rows(chat, rows, tmp_path, max_tokens=16, progress=False) == out
+    assert len(script.requests) == n  # answered from the cache
+
+
+def test_answer_backend_refusals_are_clear():
+    from wafersage_utils import backends
+    with pytest.raises(ValueError, match="expected one of"):
+        backends.make_chat("tgi", "m", Path("."))
+    with pytest.raises(ValueError, match="needs a base_url"):
+        backends.make_chat("openai", "m", Path("."))
+    if not backends.vllm_available():
+        with pytest.raises(RuntimeError, match="needs the vllm package and a CUDA GPU"):
+            backends.make_chat("vllm", "m", Path("."))
