@@ -147,3 +147,34 @@ def rewardable(terms) -> np.ndarray:
     """Rows whose rubric has at least one term to hit or avoid (any answer scores 1 on the others)."""
     from .rewards import rubric_of
     return np.array([any(v.get("must_hit") or v.get("must_avoid") for v in rubric_of(t).values()) for t in terms], bool)
+
+
+def sample_wafers(rows: pd.DataFrame, max_questions: int, seed: int) -> pd.DataFrame:
+    """Per split, whole wafers in a seeded order while their questions fit in `max_questions` (0: all rows),
+    so that a capped evaluation keeps the wafer structure its intervals rely on."""
+    if not max_questions:
+        return rows.reset_index(drop=True)
+    parts = []
+    for _, part in rows.groupby("split", sort=True):
+        wafers = part["wafer_id"].drop_duplicates().sample(frac=1.0, random_state=seed)
+        per = part.groupby("wafer_id").size().reindex(wafers)
+        parts.append(part[part["wafer_id"].isin(per.index[per.cumsum() <= max_questions])])
+    return pd.concat(parts).reset_index(drop=True)
+
+
+def add_scores(rows: pd.DataFrame, models: list[str], rule, judge) -> dict:
+    """Score every model's answers (column M) in place: rule score `M_score` and per dimension
+    `M_rule_<d>`, judge score `M_judge` and `M_judge_<d>`, and `judge` (which judge gave them).
+    Returns each model's share of answers the judge could not score."""
+    from .scoring import DIMENSIONS
+    shares = {}
+    for m in models:
+        r = rule_scores(rows[m], rows["terms"], rule)
+        rows[f"{m}_score"] = r["S"].to_numpy()
+        rows[[f"{m}_rule_{d}" for d in DIMENSIONS]] = r[list(DIMENSIONS)].to_numpy()
+        j = judge.score(rows, list(rows[m]))
+        rows[f"{m}_judge"] = j["judge_overall"].to_numpy()
+        rows[[f"{m}_judge_{d}" for d in DIMENSIONS]] = j[[f"judge_{d}" for d in DIMENSIONS]].to_numpy()
+        shares[f"{m}/judge_error_share"] = float((j["judge_error"] != "").mean())
+    rows["judge"] = judge.name
+    return shares
