@@ -19,7 +19,7 @@ from scipy import stats as sps
 
 from .answers import solution_text
 from .rewards import rubric_of
-from .scoring import DIMENSIONS, RuleParams, term_match
+from .scoring import DIMENSIONS, RuleParams, combine, term_match
 
 
 def match_table(answers, terms) -> list[dict]:
@@ -42,9 +42,7 @@ def scores_from_matches(matches: list[dict], p: RuleParams) -> np.ndarray:
         total = num = 0.0
         for d, (hit, avoid) in dims.items():
             c = float((hit >= p.threshold).mean()) if len(hit) else 1.0
-            h = min(1.0, p.hit_scale * c)
-            a = max(0.0, 1.0 - p.avoid_penalty * float((avoid >= p.threshold).sum()))
-            num += p.weights[d] * (p.w_hit * h + p.w_avoid * a)
+            num += p.weights[d] * combine(c, int((avoid >= p.threshold).sum()), p)[2]
             total += p.weights[d]
         out[i] = num / total if total else np.nan
     return out

@@ -13,8 +13,10 @@ import pandas as pd
 from sklearn.metrics import f1_score
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from .answers import is_mixed, parse_labels
+from .answers import is_mixed, parse_labels, solution_text
 from .conventions import NONE_LABEL, VOCAB, label_key
+from .rewards import rubric_of
+from .scoring import DIMENSIONS, RuleParams, rule_score
 
 UNPARSED, MULTIPLE = "(no label)", "(several)"
 
@@ -132,9 +134,6 @@ def majority_labels(train_keys, n: int) -> list[list[str]]:
 def rule_scores(answers, terms, params=None) -> pd.DataFrame:
     """The rule score of each answer against its rubric: overall `S` and each dimension's D (NaN where the
     rubric has no such dimension), on the <SOLUTION> part of tagged answers."""
-    from .answers import solution_text
-    from .rewards import rubric_of
-    from .scoring import DIMENSIONS, RuleParams, rule_score
     p = params or RuleParams()
     out = []
     for a, t in zip(answers, terms):
@@ -145,7 +144,6 @@ def rule_scores(answers, terms, params=None) -> pd.DataFrame:
 
 def rewardable(terms) -> np.ndarray:
     """Rows whose rubric has at least one term to hit or avoid (any answer scores 1 on the others)."""
-    from .rewards import rubric_of
     return np.array([any(v.get("must_hit") or v.get("must_avoid") for v in rubric_of(t).values()) for t in terms], bool)
 
 
@@ -166,7 +164,6 @@ def add_scores(rows: pd.DataFrame, models: list[str], rule, judge) -> dict:
     """Score every model's answers (column M) in place: rule score `M_score` and per dimension
     `M_rule_<d>`, judge score `M_judge` and `M_judge_<d>`, and `judge` (which judge gave them).
     Returns each model's share of answers the judge could not score."""
-    from .scoring import DIMENSIONS
     shares = {}
     for m in models:
         r = rule_scores(rows[m], rows["terms"], rule)

@@ -105,9 +105,15 @@ def dimension_score(answer: str, must_hit: list[str], must_avoid: list[str], p: 
     hits = [t for t in must_hit if term_found(t, answer, p.threshold)]
     violations = [t for t in must_avoid if term_found(t, answer, p.threshold)]
     c = len(hits) / len(must_hit) if must_hit else 1.0
+    h, a, d = combine(c, len(violations), p)
+    return {"C": c, "H": h, "A": a, "D": d, "hits": hits, "violations": violations}
+
+
+def combine(c: float, n_violations: int, p: RuleParams) -> tuple[float, float, float]:
+    """H, A and D of a dimension from its hit share C and its count of must-avoid violations."""
     h = min(1.0, p.hit_scale * c)
-    a = max(0.0, 1.0 - p.avoid_penalty * len(violations))
-    return {"C": c, "H": h, "A": a, "D": p.w_hit * h + p.w_avoid * a, "hits": hits, "violations": violations}
+    a = max(0.0, 1.0 - p.avoid_penalty * n_violations)
+    return h, a, p.w_hit * h + p.w_avoid * a
 
 
 def rule_score(answer: str, rubric: dict[str, dict], p: RuleParams = RuleParams()) -> dict:
