@@ -7,7 +7,7 @@ DEPS_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 PARAMS ?= params/default.yaml
 
-.PHONY: setup run smoke test bench lab clean-venv
+.PHONY: setup run smoke test bench lab serve clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: setup
 bench: setup
 	$(PY) tests/benchmarks/bench_features.py
 	$(PY) tests/benchmarks/bench_render.py
+	$(PY) tests/benchmarks/bench_serve.py
+
+RUN ?= results/default
+MODEL ?= sft
+serve: setup
+	$(PY) -m wafersage_utils.serve $(RUN) --model $(MODEL) --image-root $(RUN)/data
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

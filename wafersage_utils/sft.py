@@ -261,6 +261,8 @@ def write_model_card(folder: Path, base: str, cfg: TrainConfig, metrics: dict) -
             f"qwen3-vl, lora]\n---\n# WaferSAGE SFT model\n\nLoRA SFT of `{base}` on WaferSAGE wafer-map VQA pairs, "
             "merged into the base weights. Answers are hypotheses for engineers to review, not a diagnosis.\n\n"
             "```python\nfrom transformers import pipeline\npipe = pipeline(\"image-text-to-text\", model=<this folder>)\n"
+            "```\n\nServed behind an OpenAI-compatible endpoint (`/v1/chat/completions`, as `vllm serve` does):\n\n"
+            "```bash\nwafersage-serve <this folder> --image-root <folder of wafer PNGs>   # or: vllm serve <this folder>\n"
             "```\n\n## Training\n\n| setting | value |\n|---|---|\n" + rows +
             "\n\n## Measured (stage 05 of the run that made it)\n\n| metric | value |\n|---|---|\n" + measured + "\n")
     out = Path(folder) / "README.md"
