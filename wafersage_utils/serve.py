@@ -221,7 +221,7 @@ def load_image(url: str, cfg: ServeConfig, what: str = "image"):
             raise RequestError(400, f"{what}: remote image URLs are refused; send a data URL, or start the server "
                                     "with --allow-remote-images", code="image_url_refused")
         return _open_checked(_download(url, cfg, what), what, cfg)
-    path_text = url[len("file://"):] if url.startswith("file://") else url
+    path_text = url.removeprefix("file://")
     if "://" in path_text:
         raise RequestError(400, f"{what}: unsupported URL scheme in {url[:40]!r}", code="invalid_image")
     if not cfg.image_root:
@@ -287,14 +287,16 @@ class Job:
     temperature: float
     top_p: float
     stops: list[str]
-    emit: Any  # callable(event: tuple): ('delta', text) | ('done', finish_reason, usage) | ('error', message)
+    emit: Any  # callable(event): ('delta', text) | ('done', finish_reason, usage, text) | ('error', status, message)
+    stream: bool = False  # deltas are sent only to streamed requests
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     cancelled: bool = False
 
     @property
     def settings(self) -> tuple:
-        return (self.temperature > 0, round(self.temperature, 4), round(self.top_p, 4))
+        """Requests batch together only with equal sampling settings (all greedy ones are equal)."""
+        return (True, round(self.temperature, 4), round(self.top_p, 4)) if self.temperature > 0 else (False, 0.0, 1.0)
 
 
 class QueueFull(Exception):
@@ -308,6 +310,7 @@ class _Row:
         self.job, self.tok, self.eos = job, tokenizer, eos
         self.ids: list[int] = []
         self.sent = ""
+        self.final = ""  # the whole answer once finished (the non-streamed reply)
         self.finish: str | None = None
         self.hold = max((len(s) for s in job.stops), default=1) - 1
 
@@ -319,19 +322,16 @@ class _Row:
             return
         self.ids.append(token)
         if token in self.eos:
-            self.finish = "stop"
-            self._flush(self._text())
+            self.end("stop", self._text())
             return
         text = self._text()
         for s in self.job.stops:
             at = text.find(s)
             if at >= 0:
-                self.finish = "stop"
-                self._flush(text[:at])
+                self.end("stop", text[:at])
                 return
         if len(self.ids) >= self.job.max_tokens:
-            self.finish = "length"
-            self._flush(text)
+            self.end("length", text)
             return
         if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
             return
@@ -340,9 +340,14 @@ class _Row:
     def _text(self) -> str:
         return self.tok.decode(self.ids, skip_special_tokens=True)
 
+    def end(self, finish: str, text: str) -> None:
+        self.finish, self.final = finish, text
+        self._flush(text)
+
     def _flush(self, text: str) -> None:
         if len(text) > len(self.sent) and text.startswith(self.sent):
-            self.job.emit(("delta", text[len(self.sent):]))
+            if self.job.stream:
+                self.job.emit(("delta", text[len(self.sent):]))
             self.sent = text
 
 
@@ -442,7 +447,7 @@ class Engine:
             if batch:
                 try:
                     self._generate(batch)
-                except Exception as exc:  # noqa: BLE001 - a failed batch fails its requests, never the server
+                except Exception as exc:
                     log.exception("generation failed for a batch of %d", len(batch))
                     for job in batch:
                         job.emit(("error", 500, f"generation failed: {type(exc).__name__}: {exc}"))
@@ -470,11 +475,10 @@ class Engine:
         self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
         for row, n_prompt in zip(rows, prompt_tokens):
             if row.finish is None:  # generate stopped on its own length limit
-                row.finish = "length"
-                row._flush(row._text())
+                row.end("length", row._text())
             usage = {"prompt_tokens": int(n_prompt), "completion_tokens": len(row.ids),
                      "total_tokens": int(n_prompt) + len(row.ids)}
-            row.job.emit(("done", "stop" if row.finish == "cancelled" else row.finish, usage))
+            row.job.emit(("done", "stop" if row.finish == "cancelled" else row.finish, usage, row.final or row.sent))
 
 
 # ---------------------------------------------------------------- HTTP
@@ -564,7 +568,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(conversation, images, max_tokens, float(1.0 if req.temperature is None else req.temperature),
                   float(req.top_p or 1.0), [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-                  emit=lambda ev: _emit_threadsafe(loop, events, ev))
+                  emit=lambda ev: _emit_threadsafe(loop, events, ev), stream=req.stream)
         try:
             app.state.engine.submit(job)
         except QueueFull:
@@ -581,22 +585,18 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
                      usage.get("completion_tokens", 0), finish)
 
         if not req.stream:
-            text = []
             while True:
                 ev = await events.get()
-                if ev[0] == "delta":
-                    text.append(ev[1])
-                elif ev[0] == "error":
+                if ev[0] == "error":
                     log_done(ev[1], "error", {})
                     return JSONResponse(RequestError(ev[1], ev[2], kind="server_error").body(), status_code=ev[1])
-                else:
-                    _, finish, usage = ev
-                    log_done(200, finish, usage)
-                    return JSONResponse({
-                        "id": rid, "object": "chat.completion", "created": int(time.time()), "model": name,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                                     "logprobs": None, "finish_reason": finish}],
-                        "usage": usage})
+                _, finish, usage, text = ev
+                log_done(200, finish, usage)
+                return JSONResponse({
+                    "id": rid, "object": "chat.completion", "created": int(time.time()), "model": name,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                                 "finish_reason": finish}],
+                    "usage": usage})
 
         include_usage = bool((req.stream_options or {}).get("include_usage"))
 
@@ -619,7 +619,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
                         yield f"data: {json.dumps(RequestError(ev[1], ev[2], kind='server_error').body())}\n\n"
                         break
                     else:
-                        _, finish, usage = ev
+                        _, finish, usage, _ = ev
                         log_done(200, finish, usage)
                         yield chunk({}, finish)
                         if include_usage:
@@ -674,7 +674,7 @@ class BackgroundServer:
         self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         self.thread.start()
         deadline = time.time() + 600
         while not self.server.started:
@@ -727,7 +727,11 @@ def main(argv: list[str] | None = None) -> None:
                       default_max_tokens=args.default_max_tokens, max_request_bytes=int(args.max_request_mb * 2**20),
                       max_images=args.max_images, max_image_pixels=args.max_image_pixels, image_root=args.image_root,
                       allow_remote_images=args.allow_remote_images, device=args.device, n_threads=args.threads)
-    if not ipaddress.ip_address(socket.gethostbyname(cfg.host)).is_loopback:
+    try:
+        loopback = all(ipaddress.ip_address(i[4][0]).is_loopback for i in socket.getaddrinfo(cfg.host, None))
+    except (socket.gaierror, ValueError):
+        loopback = False
+    if not loopback:
         log.warning("binding %s: the model is reachable from other machines, without authentication", cfg.host)
     sock = bind_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
