@@ -90,3 +90,34 @@ def test_audit_refuses_a_saturated_reward():
 def test_audit_sample_count_must_match():
     with pytest.raises(ValueError, match="3 answers for 6 rows"):
         rewards.audit(_rows(), {"format": rewards.format_reward}, {"sft": ["a"] * 3})
+
+
+def test_label_reward_scores_the_type_statement_only():
+    fn = rewards.label_reward
+    answers = ["This wafer map shows a center defect pattern. The center zone holds a blob.",  # right
+               "This wafer map shows a scratch defect pattern.",  # wrong
+               "This wafer map shows a center and scratch defect pattern.",  # hedge: Jaccard 1/2
+               "A ring of failing dies runs around the edge.",  # describes, states no type: neutral
+               "<REASONING>maybe scratch</REASONING>\n<SOLUTION>The wafer shows a center defect pattern.</SOLUTION>",
+               "It shows a random pattern. The edge-local pattern is consistent with local damage.",
+               "This wafer map shows no systematic defect pattern."]  # defect-free statement
+    s = fn(completions=[conv(a) for a in answers], labels=[["Center"]] * 6 + [["none"]])
+    assert s == [pytest.approx(v) for v in (1.0, 0.0, 0.5, 0.5, 1.0, 0.5, 1.0)]
+    assert fn(completions=["This wafer map shows a donut and edge-ring defect pattern."],
+              labels=[["Donut", "Edge-Ring", "Scratch"]]) == [pytest.approx(2 / 3)]  # mixed wafer: partial
+    with pytest.raises(ValueError, match="labels"):
+        fn(completions=["x"])
+    with pytest.raises(ValueError, match="without labels"):
+        fn(completions=["This wafer map shows a center defect pattern."], labels=[[]])
+
+
+def test_audit_passes_labels_to_the_label_reward():
+    rows = _rows().assign(labels=[["Edge-Ring"]] * 6,
+                          answer="This wafer map shows an edge-ring defect pattern.",
+                          reasoning_answer="This wafer map shows an edge-ring defect pattern.")
+    samples = ["This wafer map shows an edge-ring defect pattern.", "This wafer map shows a center defect pattern."] * 3
+    table = rewards.audit(rows, {"label": rewards.label_reward}, {"sft samples": samples}, tagged=False)
+    got = table.set_index("answers")["mean"]
+    assert got["reference"] == pytest.approx(1.0) and got["sft samples"] == pytest.approx(0.5)
+    assert got["constant: empty"] == pytest.approx(0.5)  # states no type: neutral, not rewarded
+    rewards.check_audit(table, "sft samples")

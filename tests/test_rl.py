@@ -76,7 +76,8 @@ def test_one_gspo_step_changes_the_adapter(sft_run, tmp_path):
     assert "system" not in {m["role"] for m in ds[0]["prompt"]}
     c = rl.RLConfig(model=base, adapter=str(adapter), output_dir=str(tmp_path / "rl"), num_generations=4,
                     per_device_train_batch_size=4, steps_per_generation=2, max_steps=2, max_completion_length=32,
-                    learning_rate=1e-2, seed=0)
+                    learning_rate=1e-2, seed=0, reward_weights={"rubric": 1.0, "format": 0.2, "label": 1.0})
+    assert ds[0]["labels"] == [str(x) for x in rows["labels"].iloc[0]]  # the label reward's column
     result = rl.train(c, ds)
     before = load_file(str(adapter / "adapter_model.safetensors"))
     after = load_file(str(tmp_path / "rl" / "adapter" / "adapter_model.safetensors"))
@@ -84,7 +85,7 @@ def test_one_gspo_step_changes_the_adapter(sft_run, tmp_path):
     changed = [k for k in before if not np.allclose(before[k].numpy(), after[k].numpy())]
     assert changed, "GSPO left every adapter tensor unchanged"
     logged = {k for h in result["log_history"] for k in h}
-    assert {"reward", "frac_reward_zero_std", "rewards/rubric/mean", "rewards/format/mean"} <= logged
+    assert {"reward", "frac_reward_zero_std", "rewards/rubric/mean", "rewards/format/mean", "rewards/label/mean"} <= logged
     assert any(k.startswith("clip_ratio") for k in logged)
     assert result["steps"] == 2
     first = next(h for h in result["log_history"] if "reward" in h)

@@ -42,6 +42,26 @@ def _names_in(phrase: str) -> set[str]:
     return {lab for lab, rx in _NAMES.items() if re.search(rx, phrase)}
 
 
+# The strict form of a type statement: "... shows a(n) X defect pattern" (the wording of every reference answer).
+_STRICT = re.compile(r"(shows?|has|is|displays?|exhibits?) (an? |the )?(?P<a>[\w\- ,]+?) (defect|failure) pattern\b")
+
+
+def stated_labels(answer: str) -> list[str]:
+    """Labels of the answer's first strict type statement ("... shows a center defect pattern", "no
+    systematic defect pattern"), in vocabulary order; [] when no sentence states a type that way. Pattern
+    words used otherwise ("a ring of failing dies", "it shows a random pattern" to a consistency question,
+    "the edge-local pattern is consistent with local contamination") do not count, unlike in
+    :func:`parse_labels`, which reads any answer to a type question."""
+    for sentence in re.split(r"(?<=[.!?])\s+|\n", solution_text(answer).lower()):
+        if _NONE.search(sentence):
+            return [NONE_LABEL]
+        m = _STRICT.search(sentence)
+        found = _names_in(m.group("a")) if m else set()
+        if found:
+            return [lab for lab in VOCAB if lab in found]
+    return []
+
+
 def parse_labels(answer: str) -> list[str]:
     """Labels an answer names, in vocabulary order; ['none'] for a defect-free answer, [] when it names none."""
     text = solution_text(answer).lower()

@@ -79,7 +79,8 @@ def to_grpo_dataset(rows: pd.DataFrame, run_dir: Path, system_prompt: bool = Tru
         "must_hit": [list(x) for x in rows["must_hit"]], "must_avoid": [list(x) for x in rows["must_avoid"]],
         "rubric": list(rows["terms"]), "dimension": [",".join(d) for d in rows["dims"]],
         "reference_answer": list(rows["answer"]), "category": list(rows["category"]),
-        "difficulty": list(rows["difficulty"]), "wafer_id": list(rows["wafer_id"])})
+        "difficulty": list(rows["difficulty"]), "wafer_id": list(rows["wafer_id"]),
+        "labels": [[str(x) for x in lab] for lab in rows["labels"]]})
 
 
 def _image_struct(png: bytes, name: str) -> dict:

@@ -1,5 +1,11 @@
-"""Rewards of the RL stage and their audit: the rubric rule score of the evaluation on the <SOLUTION> part, and a
-format reward for the <REASONING> / <SOLUTION> structure.
+"""Rewards of the RL stage and their audit: the rubric rule score of the evaluation on the <SOLUTION> part, a
+format reward for the <REASONING> / <SOLUTION> structure, and a label reward for the answer's type statement.
+
+Why a label reward: most answers open with a type statement ("This wafer map shows a scratch defect pattern.")
+whatever the question, but only the type and morphology rubrics check it. Without it, a sampled answer with the
+wrong type and a better description earns a positive advantage on a spatial or consistency question, and GSPO's
+sequence-level update reinforces the wrong type with it. The label reward scores the statement against the
+training wafer's own labels (known, so the reward is verifiable) and is neutral when the answer states no type.
 
 Both have TRL's reward-function signature (prompts, completions, **dataset columns) -> list of floats, so
 `GRPOTrainer(reward_funcs=[...])` calls them directly. The rule score is `scoring.rule_score`, the one
@@ -15,7 +21,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from .answers import solution_text
+from .answers import solution_text, stated_labels
 from .scoring import RuleParams, rule_score
 
 _FORMAT = re.compile(r"^\s*<REASONING>(?P<r>.+?)</REASONING>\s*<SOLUTION>(?P<s>.+?)</SOLUTION>\s*$", re.S)
@@ -73,6 +79,28 @@ class RubricReward:
                 for c, r in zip(completions, rubric)]
 
 
+def label_score(text: str, labels) -> float:
+    """The answer's type statement against the wafer's labels: 1 when it states exactly the labels, the
+    Jaccard overlap when it states some of them (hedging "center and scratch" on a Center wafer: 0.5), 0 when
+    it states only wrong ones, and a neutral 0.5 when it states no type at all."""
+    stated, truth = set(stated_labels(text)), {str(x) for x in labels}
+    if not truth:
+        raise ValueError("label reward: a row without labels (expected the wafer's label list)")
+    if not stated:
+        return 0.5
+    return len(stated & truth) / len(stated | truth)
+
+
+def label_reward(prompts=None, completions=None, labels=None, **kwargs) -> list[float]:
+    """TRL reward function: :func:`label_score` of each completion against the row's `labels` column."""
+    if labels is None:
+        raise ValueError("the label reward needs the dataset column 'labels' (the wafer's labels)")
+    return [label_score(completion_text(c), lab) for c, lab in zip(completions, labels)]
+
+
+label_reward.__name__ = "label"
+
+
 def format_reward(prompts=None, completions=None, **kwargs) -> list[float]:
     """TRL reward function: the <REASONING> / <SOLUTION> structure (see `format_score`)."""
     return [format_score(completion_text(c)) for c in completions]
@@ -110,11 +138,13 @@ def audit(rows: pd.DataFrame, rewards: dict, samples: dict[str, list[str]] | Non
         if len(answers) != len(rows):
             raise ValueError(f"audit samples {name!r}: {len(answers)} answers for {len(rows)} rows")
         kinds[name] = list(answers)
+    labels = [list(x) for x in rows["labels"]] if "labels" in rows else None
     out = []
     for kind, answers in kinds.items():
         completions = [[{"role": "assistant", "content": a}] for a in answers]
         for rname, fn in rewards.items():
-            v = np.asarray(fn(prompts=None, completions=completions, rubric=list(rows["terms"])), dtype=float)
+            v = np.asarray(fn(prompts=None, completions=completions, rubric=list(rows["terms"]),
+                              labels=labels), dtype=float)
             out.append({"answers": kind, "reward": rname, "mean": v.mean(), "std": v.std(), "min": v.min(),
                         "max": v.max(), "share_at_max": float(np.mean(v >= 1.0 - 1e-9))})
     return pd.DataFrame(out)

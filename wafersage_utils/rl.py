@@ -146,10 +146,11 @@ def curriculum(review: pd.DataFrame, learning: pd.DataFrame, n: int, review_rati
 
 
 def reward_functions(names, rule_params=None) -> list:
-    """The TRL reward functions for `names` (rubric, format), in that order."""
-    from .rewards import RubricReward, format_reward
+    """The TRL reward functions for `names` (rubric, format, label), in that order."""
+    from .rewards import RubricReward, format_reward, label_reward
     from .scoring import RuleParams
-    known = {"rubric": lambda: RubricReward(rule_params or RuleParams()), "format": lambda: format_reward}
+    known = {"rubric": lambda: RubricReward(rule_params or RuleParams()), "format": lambda: format_reward,
+             "label": lambda: label_reward}
     bad = [n for n in names if n not in known]
     if bad:
         raise ValueError(f"reward {bad[0]!r}: expected one of {sorted(known)}")
