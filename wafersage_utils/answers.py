@@ -46,34 +46,33 @@ def _names_in(phrase: str) -> set[str]:
 _STRICT = re.compile(r"(shows?|has|is|displays?|exhibits?) (an? |the )?(?P<a>[\w\- ,]+?) (defect|failure) pattern\b")
 
 
+def _first_statement(text: str, statement: re.Pattern) -> set[str]:
+    """Labels of the first sentence of `text` that states a type in the form `statement` matches, or that
+    calls the wafer defect-free ({'none'}); the empty set when no sentence does."""
+    for sentence in re.split(r"(?<=[.!?])\s+|\n", text):
+        if _NONE.search(sentence):
+            return {NONE_LABEL}
+        m = statement.search(sentence)
+        found = _names_in(next((g for g in m.groupdict().values() if g), "")) if m else set()
+        if found:
+            return found
+    return set()
+
+
 def stated_labels(answer: str) -> list[str]:
     """Labels of the answer's first strict type statement ("... shows a center defect pattern", "no
     systematic defect pattern"), in vocabulary order; [] when no sentence states a type that way. Pattern
     words used otherwise ("a ring of failing dies", "it shows a random pattern" to a consistency question,
     "the edge-local pattern is consistent with local contamination") do not count, unlike in
     :func:`parse_labels`, which reads any answer to a type question."""
-    for sentence in re.split(r"(?<=[.!?])\s+|\n", solution_text(answer).lower()):
-        if _NONE.search(sentence):
-            return [NONE_LABEL]
-        m = _STRICT.search(sentence)
-        found = _names_in(m.group("a")) if m else set()
-        if found:
-            return [lab for lab in VOCAB if lab in found]
-    return []
+    found = _first_statement(solution_text(answer).lower(), _STRICT)
+    return [lab for lab in VOCAB if lab in found]
 
 
 def parse_labels(answer: str) -> list[str]:
     """Labels an answer names, in vocabulary order; ['none'] for a defect-free answer, [] when it names none."""
     text = solution_text(answer).lower()
-    found: set[str] = set()
-    for sentence in re.split(r"(?<=[.!?])\s+|\n", text):
-        if _NONE.search(sentence):
-            return [NONE_LABEL]
-        m = _STATEMENT.search(sentence)
-        if m:
-            found |= _names_in(m.group("a") or m.group("b") or "")
-        if found:
-            break
+    found = _first_statement(text, _STATEMENT)
     if not found:
         found = {lab for lab, rx in PATTERN_WORDS.items() if _affirmed(rx, text)}
     return [lab for lab in VOCAB if lab in found]

@@ -7,7 +7,7 @@ wrong type and a better description earns a positive advantage on a spatial or c
 sequence-level update reinforces the wrong type with it. The label reward scores the statement against the
 training wafer's own labels (known, so the reward is verifiable) and is neutral when the answer states no type.
 
-Both have TRL's reward-function signature (prompts, completions, **dataset columns) -> list of floats, so
+All three have TRL's reward-function signature (prompts, completions, **dataset columns) -> list of floats, so
 `GRPOTrainer(reward_funcs=[...])` calls them directly. The rule score is `scoring.rule_score`, the one
 implementation stage 07 reports. Before training, `audit` scores constant, random and reference answers and the
 SFT model's samples with every reward, and `check_audit` refuses a reward that cannot teach: constant across all
