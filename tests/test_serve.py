@@ -236,6 +236,44 @@ def test_remote_images_when_allowed_never_reach_private_addresses(model_dir):
             serve.load_image(url, cfg)
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_remote_image_is_fetched_from_the_checked_address(monkeypatch, scheme):
+    # DNS rebinding: the name resolves to a public address when checked and to loopback afterwards. The fetch
+    # must connect to the address that was checked (Host header and TLS name still the URL's), never resolve
+    # again; a private first answer is refused before any connection.
+    answers = iter([[(2, 1, 6, "", ("93.184.216.34", 0))], [(2, 1, 6, "", ("127.0.0.1", 0))]])
+    monkeypatch.setattr(serve.socket, "getaddrinfo", lambda host, port, *a, **k: next(answers))
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        return httpx.Response(200, content=_png())
+    cfg = serve.ServeConfig(model_path="unused", allow_remote_images=True)
+    data = serve._download(f"{scheme}://wafers.example.org:8443/a.png?x=1", cfg, "image",
+                           transport=httpx.MockTransport(handler))
+    assert data == _png() and len(seen) == 1
+    req = seen[0]
+    assert (req.url.scheme, req.url.host, req.url.port, req.url.path, req.url.query) == \
+        (scheme, "93.184.216.34", 8443, "/a.png", b"x=1")
+    assert req.headers["host"] == "wafers.example.org:8443"
+    assert req.extensions.get("sni_hostname") == ("wafers.example.org" if scheme == "https" else None)
+    with pytest.raises(serve.RequestError, match="private address"):  # the second answer, checked afresh
+        serve._download("http://wafers.example.org/a.png", cfg, "image", transport=httpx.MockTransport(handler))
+    assert len(seen) == 1
+
+
+def test_a_remote_image_over_the_size_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(serve.socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("93.184.216.34", 0))])
+    cfg = serve.ServeConfig(model_path="unused", allow_remote_images=True, max_image_bytes=100)
+    big = httpx.MockTransport(lambda request: httpx.Response(200, content=b"x" * 1000))
+    with pytest.raises(serve.RequestError, match="download above 100 bytes") as err:
+        serve._download("http://wafers.example.org/a.png", cfg, "image", transport=big)
+    assert err.value.status == 413
+    moved = httpx.MockTransport(lambda request: httpx.Response(302, headers={"location": "http://127.0.0.1/"}))
+    with pytest.raises(serve.RequestError, match="answered 302"):  # redirects are never followed
+        serve._download("http://wafers.example.org/a.png", cfg, "image", transport=moved)
+
+
 def test_resolve_model_finds_a_run_folders_models(tmp_path, model_dir):
     run = tmp_path / "myrun"
     (run / "models" / "rl").mkdir(parents=True)

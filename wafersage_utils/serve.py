@@ -188,8 +188,9 @@ def _open_checked(data: bytes, what: str, cfg: ServeConfig):
         raise RequestError(400, f"{what}: not a readable image ({type(exc).__name__}: {exc})", code="invalid_image") from exc
 
 
-def _remote_host_allowed(url: str) -> None:
-    """Remote fetches never reach loopback, link-local or private addresses (the server's own neighbourhood)."""
+def _remote_host_allowed(url: str) -> str:
+    """The address a remote fetch may connect to: the host's first resolved address, provided no address it
+    resolves to is loopback, link-local or private (the server's own neighbourhood)."""
     from urllib.parse import urlparse
     host = urlparse(url).hostname or ""
     try:
@@ -201,6 +202,7 @@ def _remote_host_allowed(url: str) -> None:
         if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved:
             raise RequestError(400, f"image URL host {host!r} is a private address ({addr}); refused",
                                code="image_url_refused")
+    return infos[0][4][0]
 
 
 def load_image(url: str, cfg: ServeConfig, what: str = "image"):
@@ -240,19 +242,31 @@ def load_image(url: str, cfg: ServeConfig, what: str = "image"):
     return _open_checked(path.read_bytes(), what, cfg)
 
 
-def _download(url: str, cfg: ServeConfig, what: str) -> bytes:
+def _download(url: str, cfg: ServeConfig, what: str, transport=None) -> bytes:
+    """GET `url` from the address that was checked: the connection goes to that address, with the URL's host
+    as Host header and TLS server name, so a second DNS answer (DNS rebinding) cannot redirect it inward."""
     import httpx
-    _remote_host_allowed(url)
+    address = _remote_host_allowed(url)
+    target = httpx.URL(url)
+    pinned = target.copy_with(host=address)  # httpx brackets an IPv6 address itself
+    headers = {"Host": target.netloc.decode("ascii")}
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
     try:
-        with httpx.stream("GET", url, timeout=cfg.remote_timeout_s, follow_redirects=False) as resp:
-            if resp.status_code != 200:
-                raise RequestError(400, f"{what}: {url[:80]} answered {resp.status_code}", code="invalid_image")
-            buf = bytearray()
-            for chunk in resp.iter_bytes():
-                buf += chunk
-                if len(buf) > cfg.max_image_bytes:
-                    raise RequestError(413, f"{what}: download above {cfg.max_image_bytes} bytes", code="image_too_large")
-            return bytes(buf)
+        with httpx.Client(timeout=cfg.remote_timeout_s, follow_redirects=False, transport=transport) as client:
+            request = client.build_request("GET", pinned, headers=headers, extensions=extensions)
+            resp = client.send(request, stream=True)
+            try:
+                if resp.status_code != 200:
+                    raise RequestError(400, f"{what}: {url[:80]} answered {resp.status_code}", code="invalid_image")
+                buf = bytearray()
+                for chunk in resp.iter_bytes():
+                    buf += chunk
+                    if len(buf) > cfg.max_image_bytes:
+                        raise RequestError(413, f"{what}: download above {cfg.max_image_bytes} bytes",
+                                           code="image_too_large")
+                return bytes(buf)
+            finally:
+                resp.close()
     except httpx.HTTPError as exc:
         raise RequestError(400, f"{what}: download failed ({type(exc).__name__}: {exc})", code="invalid_image") from exc
 
