@@ -81,6 +81,35 @@ def test_hf_teacher_generates_caches_and_is_checked(parrot, tmp_path):
     assert not any(i["contradicted"] and i["kind"] in ("zone", "clock") for i in verdicts[1])
 
 
+def test_hf_sampling_uses_every_token_unless_truncation_is_asked_for(parrot, tmp_path, monkeypatch):
+    # transformers keeps only the 50 likeliest tokens when top_k is unset; GRPO's groups and vLLM sample from
+    # all of them, so the hf backend must too. Sampled keys name the truncation; greedy keys stay as they were.
+    m, _ = _one("Center", cx=0.0, cy=0.0, radius=0.22, density=1.0)
+    png = render.render_cached([m], 64, tmp_path / "img")[0].read_bytes()
+    chat = HFChat(str(parrot), tmp_path / "cache", batch_size=4)
+    calls = []
+    generate = chat.model.generate
+
+    def spy(**kw):
+        calls.append({k: kw.get(k) for k in ("do_sample", "temperature", "top_k", "top_p", "min_p") if k in kw})
+        return generate(**kw)
+    monkeypatch.setattr(chat.model, "generate", spy)
+
+    def request(**kw):
+        return llm.build_request(llm.ChatSettings(model=chat.name, max_tokens=4, **kw), "", "where?", png)
+    torch.manual_seed(0)
+    reqs = [request(temperature=0.0), request(temperature=1.0), request(temperature=1.0, top_k=5),
+            request(temperature=1.0, min_p=0.1)]
+    assert all(r.text for r in chat.complete_many(reqs, progress=False))
+    assert calls == [{"do_sample": False},
+                     {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None},
+                     {"do_sample": True, "temperature": 1.0, "top_k": 5, "top_p": 1.0, "min_p": None},
+                     {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.1}]
+    keys = {p.stem for p in (tmp_path / "cache").glob("*/*.json")}
+    assert len(keys) == 4 and llm.cache_key(dict(reqs[0], model=chat.name)) in keys
+    assert llm.cache_key(dict(reqs[1], model=chat.name)) not in keys  # sampled before the fix: top_k 50
+
+
 @pytest.mark.slow
 def test_stage_02_with_the_hf_backend(parrot, smoke_run, tmp_path):
     import shutil

@@ -66,6 +66,24 @@ def test_retries_429_and_500_then_caches(server, tmp_path):
     assert again.cached and again.text == "echo: q1" and len(script.requests) == 3  # no new request
 
 
+def test_truncated_sampling_reaches_the_server_only_when_asked_for(server, tmp_path):
+    # top_k / min_p travel in extra_body, which the OpenAI client merges into the JSON body, where vLLM's
+    # server reads them; a request that asks for neither sends neither (OpenAI's own API rejects them) and
+    # keeps the key it had before the settings existed.
+    plain = llm.build_request(llm.ChatSettings(model="m", temperature=1.0), "sys", "q", PNG)
+    assert "extra_body" not in plain and llm.truncation_of(plain) == {"top_k": 0, "min_p": 0.0}
+    cut = llm.build_request(llm.ChatSettings(model="m", temperature=1.0, top_k=5), "sys", "q", PNG)
+    assert cut["extra_body"] == {"top_k": 5, "min_p": 0.0} and llm.cache_key(cut) != llm.cache_key(plain)
+    url, script = server(["ok", "ok"])
+    client = llm.ChatClient(settings(url, temperature=1.0, top_k=5, min_p=0.05), tmp_path)
+    assert client.complete(llm.build_request(client.settings, "sys", "q1", PNG)).error is None
+    client = llm.ChatClient(settings(url, temperature=1.0), tmp_path)
+    assert client.complete(llm.build_request(client.settings, "sys", "q2", PNG)).error is None
+    sent, unsent = script.requests
+    assert (sent["top_k"], sent["min_p"]) == (5, 0.05) and "extra_body" not in sent
+    assert "top_k" not in unsent and "min_p" not in unsent
+
+
 def test_timeout_is_retried(server, tmp_path):
     url, script = server(["slow", "ok"])
     res = llm.ChatClient(settings(url), tmp_path).complete(llm.build_request(settings(url), "", "q", None))

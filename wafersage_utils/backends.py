@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from .hf_chat import HFChat, model_fingerprint
-from .llm import ChatClient, ChatSettings, ResponseCache
+from .llm import ChatClient, ChatSettings, ResponseCache, truncation_of
 
 log = logging.getLogger("wafersage.backends")
 BACKENDS = ("auto", "hf", "vllm", "openai")
@@ -53,9 +53,11 @@ class VLLMChat(HFChat):
 
     def _generate(self, requests: list[dict]) -> list[str]:
         from vllm import SamplingParams
-        first = requests[0]  # HFChat batches only requests with equal max_tokens and temperature
+        first = requests[0]  # HFChat batches only requests with equal sampling settings
+        cut = truncation_of(first)
         params = SamplingParams(max_tokens=int(first.get("max_tokens", 256)),
-                                temperature=float(first.get("temperature") or 0.0))
+                                temperature=float(first.get("temperature") or 0.0),
+                                top_k=cut["top_k"] or -1, min_p=cut["min_p"])
         outs = self.llm.chat([r["messages"] for r in requests], params, use_tqdm=False)
         return [o.outputs[0].text if o.outputs else "" for o in outs]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning
+from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning, truncation_of
 
 log = logging.getLogger("wafersage.hf_chat")
 
@@ -84,14 +84,21 @@ class HFChat:
         flat = [im for ims in images for im in ims]
         inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt").to(self.device)
         temp = float(requests[0].get("temperature") or 0.0)
+        sampling = {}
+        if temp > 0:  # all explicit, as TRL's groups are: else transformers keeps the 50 likeliest tokens
+            cut = truncation_of(requests[0])  # (and a checkpoint's generation_config its own top_p)
+            sampling = {"do_sample": True, "temperature": temp, "top_k": cut["top_k"], "top_p": 1.0,
+                        "min_p": cut["min_p"] or None}
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=int(requests[0].get("max_tokens", 256)),
-                                      do_sample=temp > 0, temperature=temp if temp > 0 else None)
+                                      **(sampling or {"do_sample": False}))
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def complete_many(self, requests: list[dict], desc: str = "hf", progress: bool = True) -> list[ChatResult]:
         """Answers in request order; cached ones are not generated again."""
-        keyed = [dict(r, model=self.name) for r in requests]
+        # A sampled request's key names the truncation it was sampled with (none, unless asked for).
+        keyed = [dict(r, model=self.name, **(truncation_of(r) if float(r.get("temperature") or 0) > 0 else {}))
+                 for r in requests]
         keys = [cache_key(r) for r in keyed]
         results: list[ChatResult | None] = [None] * len(requests)
         todo = []
@@ -101,10 +108,11 @@ class HFChat:
                 results[i] = ChatResult(hit["text"], cached=True)
             else:
                 todo.append(i)
-        # A batch shares max_tokens and temperature: batches are cut within groups of equal settings.
+        # A batch shares its sampling settings: batches are cut within groups of equal settings.
         groups: dict[tuple, list[int]] = {}
         for i in todo:
-            groups.setdefault((requests[i].get("max_tokens"), requests[i].get("temperature")), []).append(i)
+            r = requests[i]
+            groups.setdefault((r.get("max_tokens"), r.get("temperature"), *truncation_of(r).values()), []).append(i)
         batches = [g[s: s + self.batch_size] for g in groups.values() for s in range(0, len(g), self.batch_size)]
         for idx in tqdm(batches, desc=desc, disable=not progress, mininterval=2.0):
             t0 = time.perf_counter()

@@ -37,12 +37,14 @@ _THINK = re.compile(r"<think>.*?(</think>|$)", re.S)
 
 @dataclass(frozen=True)
 class ChatSettings:
-    """Which endpoint and model, and how to sample; every field is a stage parameter."""
+    """Which endpoint and model, and how to sample."""
 
     model: str
     base_url: str = "http://localhost:8000/v1"
     api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the key ('EMPTY' if unset: vLLM)
     temperature: float = 0.2
+    top_k: int = 0  # sample from the k likeliest tokens only (0: every token); vLLM and the hf backend
+    min_p: float = 0.0  # drop tokens below this share of the likeliest one (0: none dropped)
     max_tokens: int = 1024
     seed: int | None = 0
     timeout_s: float = 120.0  # per attempt
@@ -54,6 +56,9 @@ class ChatSettings:
     def sampling(self) -> dict:
         """The parameters that change an answer (part of the cache key)."""
         out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
+        truncation = truncation_of({"extra_body": {"top_k": self.top_k, "min_p": self.min_p}})
+        if any(truncation.values()):  # OpenAI's own API knows neither: sent only when asked for
+            out["extra_body"] = truncation
         if self.json_mode:
             out["response_format"] = {"type": "json_object"}
         return out
@@ -90,6 +95,13 @@ def build_request(settings: ChatSettings, system: str, user: str, png: bytes | N
     content.append({"type": "text", "text": user})
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
     return {"model": settings.model, "messages": messages + list(follow_up or []), **settings.sampling()}
+
+
+def truncation_of(request: dict) -> dict:
+    """The request's top_k and min_p (0 when unset: sample from every token). They travel in `extra_body`,
+    where the OpenAI client passes them on and vLLM's server reads them."""
+    extra = request.get("extra_body") or {}
+    return {"top_k": int(extra.get("top_k") or 0), "min_p": float(extra.get("min_p") or 0.0)}
 
 
 def cache_key(request: dict) -> str:
