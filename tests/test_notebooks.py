@@ -136,6 +136,16 @@ def test_stage_06_with_smoke_params(rl_run):
         assert abs(d - (m[f"rl/rule_score_{split}"] - m[f"sft/rule_score_{split}"])) < 1e-9
         assert m[f"rl_minus_sft/rule_score_{split}_ci_low"] <= d <= m[f"rl_minus_sft/rule_score_{split}_ci_high"]
     assert 0.0 <= m["rl/zero_variance_share"] <= 1.0
+    # Sampled answers on validation, scored with the training rewards: the total is the weighted sum of the
+    # per-reward means (every question has the same number of draws), and the difference is RL - SFT.
+    weights = m["rl/reward_weights"]
+    for name in ("sft", "rl"):
+        parts = sum(w * m[f"{name}/sampled_{r}_val"] for r, w in weights.items())
+        assert m[f"{name}/sampled_reward_val"] == pytest.approx(parts, abs=1e-9), name
+        assert all(0.0 <= m[f"{name}/sampled_{r}_val"] <= 1.0 for r in weights)
+    d = m["rl_minus_sft/sampled_reward_val"]
+    assert d == pytest.approx(m["rl/sampled_reward_val"] - m["sft/sampled_reward_val"], abs=1e-9)
+    assert m["rl_minus_sft/sampled_reward_val_ci_low"] <= d <= m["rl_minus_sft/sampled_reward_val_ci_high"]
     holdout = set(json.loads((run / "models" / "sft" / "rl_holdout.json").read_text()))
     sft_pairs = json.loads((run / "metrics" / "05_sft.json").read_text())["n_sft_pairs"]
     qa = pd.read_parquet(run / "data" / "vqa.parquet")

@@ -16,21 +16,23 @@ from .vqa import CARD_PROMPTS, SYSTEM_PROMPT
 
 
 def requests_for(rows: pd.DataFrame, run_dir: Path, model: str, max_tokens: int, style: str = "plain",
-                 temperature: float = 0.0, top_k: int = 0, min_p: float = 0.0) -> list[dict]:
-    """One chat request per row (image + question)."""
-    settings = ChatSettings(model=model, max_tokens=max_tokens, temperature=temperature, top_k=top_k, min_p=min_p)
+                 temperature: float = 0.0, top_k: int = 0, min_p: float = 0.0, seed: int = 0) -> list[dict]:
+    """One chat request per row (image + question); `seed` is part of each request (and of its cache key)."""
+    settings = ChatSettings(model=model, max_tokens=max_tokens, temperature=temperature, top_k=top_k, min_p=min_p,
+                            seed=seed)
     system = SYSTEM_PROMPT if style == "reasoning" else ""
     return [build_request(settings, system, q, png) for q, png in zip(rows["question"], image_bytes(rows, run_dir))]
 
 
 def answer_rows(chat, rows: pd.DataFrame, run_dir: Path, max_tokens: int = 96, style: str = "plain",
                 desc: str = "answers", progress: bool = True, temperature: float = 0.0, top_k: int = 0,
-                min_p: float = 0.0) -> list[str]:
+                min_p: float = 0.0, seed: int = 0) -> list[str]:
     """The model's answer to each row ('' where generation failed); greedy, or sampled at `temperature` from
     every token, or from the `top_k` likeliest / those above `min_p` of the likeliest (seed the generator
-    first, e.g. transformers.set_seed, for repeatable samples)."""
-    results = chat.complete_many(requests_for(rows, run_dir, chat.name, max_tokens, style, temperature, top_k, min_p),
-                                 desc=desc, progress=progress)
+    first, e.g. transformers.set_seed, for repeatable samples). Several samples of one question need a
+    `seed` each: the same request is answered once, then from the cache."""
+    requests = requests_for(rows, run_dir, chat.name, max_tokens, style, temperature, top_k, min_p, seed)
+    results = chat.complete_many(requests, desc=desc, progress=progress)
     return [r.text or "" for r in results]
 
 

@@ -138,16 +138,26 @@ def audit(rows: pd.DataFrame, rewards: dict, samples: dict[str, list[str]] | Non
         if len(answers) != len(rows):
             raise ValueError(f"audit samples {name!r}: {len(answers)} answers for {len(rows)} rows")
         kinds[name] = list(answers)
-    labels = [list(x) for x in rows["labels"]] if "labels" in rows else None
     out = []
     for kind, answers in kinds.items():
-        completions = [[{"role": "assistant", "content": a}] for a in answers]
-        for rname, fn in rewards.items():
-            v = np.asarray(fn(prompts=None, completions=completions, rubric=list(rows["terms"]),
-                              labels=labels), dtype=float)
+        scores = score_answers(rows, answers, rewards)
+        for rname in rewards:
+            v = scores[rname].to_numpy()
             out.append({"answers": kind, "reward": rname, "mean": v.mean(), "std": v.std(), "min": v.min(),
                         "max": v.max(), "share_at_max": float(np.mean(v >= 1.0 - 1e-9))})
     return pd.DataFrame(out)
+
+
+def score_answers(rows: pd.DataFrame, answers: list[str], rewards: dict) -> pd.DataFrame:
+    """Every reward (name -> TRL reward function) on one answer per row, as the trainer calls them: a column
+    per reward, indexed like `rows` (which hold the rubric `terms` and, for the label reward, `labels`)."""
+    if len(answers) != len(rows):
+        raise ValueError(f"score_answers: {len(answers)} answers for {len(rows)} rows")
+    completions = [[{"role": "assistant", "content": a}] for a in answers]
+    labels = [list(x) for x in rows["labels"]] if "labels" in rows else None
+    return pd.DataFrame({name: np.asarray(fn(prompts=None, completions=completions, rubric=list(rows["terms"]),
+                                             labels=labels), dtype=float) for name, fn in rewards.items()},
+                        index=rows.index)
 
 
 def check_audit(table: pd.DataFrame, sampled: str, saturation: float = 0.9) -> None:
