@@ -214,3 +214,71 @@ def test_answer_backend_refusals_are_clear():
     if not backends.vllm_available():
         with pytest.raises(RuntimeError, match="needs the vllm package and a CUDA GPU"):
             backends.make_chat("vllm", "m", Path("."))
+
+
+# --- the shape question (stage 05's check of what a model sees) ---------------------------------------------
+
+def test_read_shape_reads_back_every_pre_training_answer():
+    """The parser and the base's pre-training wording must agree: the answer visual_questions teaches for each
+    generated map reads back as the shape the facts measured (scattered maps: 'none')."""
+    from wafersage_utils import inference, models
+    from wafersage_utils.corpus import main_shape
+    from wafersage_utils.describe import _rng
+    from wafersage_utils.facts import measure
+    from wafersage_utils.synth import SynthConfig, generate
+    maps = generate(SynthConfig(n_wafers=150, seed=5, mixed_fraction=0.1, label_noise=0.0))
+    seen = set()
+    for i, m in enumerate(maps["wafer_map"]):
+        f = measure(m)
+        asked = dict(models.visual_questions(f, _rng(f"t{i}", 0)))
+        answer = asked[inference.SHAPE_QUESTION]
+        expected = main_shape(f).replace("scattered", "none")
+        assert inference.read_shape(answer) == expected, (answer, expected)
+        seen.add(expected)
+    assert seen == set(inference.SHAPES)  # every shape occurred
+
+
+@pytest.mark.parametrize("answer, shape", [
+    ("A thin line in the mid-radius zone.", "line"), ("A dense blob in the center zone.", "blob"),
+    ("A closed ring around the edge zone.", "ring"), ("Curved arcs along the edge.", "arc"),
+    ("Nearly every die fails.", "near-full"), ("No group stands out; the failures are sparse.", "none"),
+    ("The failures outline a cluster during the test.", ""), ("", ""),
+])
+def test_read_shape_by_hand(answer, shape):
+    from wafersage_utils import inference
+    assert inference.read_shape(answer) == shape
+
+
+def test_shape_reading_asks_the_shape_question_and_scores_by_label(tmp_path):
+    from wafersage_utils import inference
+
+    class Scripted:  # answers by the image bytes it is shown
+        name = "scripted"
+
+        def __init__(self):
+            self.questions = []
+
+        def complete_many(self, requests, desc="", progress=True):
+            out = []
+            for r in requests:
+                parts = r["messages"][-1]["content"]
+                self.questions.append(next(p["text"] for p in parts if p["type"] == "text"))
+                png = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
+                out.append(llm.ChatResult({"YQ==": "A thin line in the edge zone.",  # base64 of the byte 'a'
+                                           "Yg==": "No group stands out; many failures are scattered."}.get(
+                    png.split(",", 1)[1], "I cannot tell.")))
+            return out
+
+    wafers = pd.DataFrame({"wafer_id": ["w1", "w2", "w3", "w4"], "labels": [["Loc"], ["Loc"], ["Scratch"], ["Random"]],
+                           "image_bytes": [b"a", b"c", b"a", b"b"]})
+    measured = pd.Series({"w1": "blob", "w2": "blob", "w3": "line", "w4": "scattered"})
+    chat = Scripted()
+    reading = inference.shape_reading(chat, wafers, measured, tmp_path, progress=False)
+    assert chat.questions == [inference.SHAPE_QUESTION] * 4
+    assert list(reading["read"]) == ["line", "", "line", "none"]
+    assert list(reading["measured"]) == ["blob", "blob", "line", "none"]
+    table = inference.shape_agreement(reading)
+    assert table.loc["Loc", "n"] == 2 and table.loc["Loc", "agreement"] == 0.0 and table.loc["Loc", "unread"] == 0.5
+    assert table.loc["Scratch", "agreement"] == 1.0 and table.loc["Random", "agreement"] == 1.0
+    with pytest.raises(ValueError, match="no measured shape for wafers"):
+        inference.shape_reading(chat, wafers, measured.drop("w4"), tmp_path, progress=False)

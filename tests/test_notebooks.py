@@ -106,7 +106,8 @@ def test_stage_05_with_smoke_params(sft_run):
         assert key in m, key
     assert m["train/steps"] == 12 and m["train/samples_per_second"] > 0 and m["train/dropped_too_long"] == 0
     assert m["pretrain/loss_last"] < m["pretrain/loss_first"] and m["train/loss_last"] < m["train/loss_first"]
-    for key in ("sft/type_accuracy_val", "base/type_accuracy_val", "sft/unparsed_share_test"):
+    for key in ("sft/type_accuracy_val", "base/type_accuracy_val", "sft/unparsed_share_test",
+                "base/shape_agreement_val", "sft/shape_agreement_val", "base/shape_unread_share_val"):
         assert 0.0 <= m[key] <= 1.0, key
     assert m["type_questions_test"] > 0 and m["pretrain/n_maps"] > 0
     models = run / "models"
@@ -115,8 +116,12 @@ def test_stage_05_with_smoke_params(sft_run):
     assert (models / "sft" / "merged" / "config.json").exists() and (models / "sft" / "merged" / "processor_config.json").exists()
     card = pd.read_csv(run / "tables" / "sft_card_answers.csv")
     assert len(card) == 2 * 4 and card["sft"].notna().all()
+    shapes = pd.read_csv(run / "tables" / "sft_shape_reading.csv")
+    assert {"label", "base_agreement", "sft_agreement", "base_n"} <= set(shapes.columns)
+    assert (shapes["base_n"] * shapes["base_agreement"]).sum() / shapes["base_n"].sum() \
+        == pytest.approx(m["base/shape_agreement_val"])  # the table and the metric count the same wafers
     assert {"fig_sft_curves.png", "fig_pretrain_curves.png", "fig_sft_type_confusion.png",
-            "fig_sft_card_answers.png"} <= {p.name for p in (run / "figures").glob("*.png")}
+            "fig_sft_card_answers.png", "fig_sft_shape_reading.png"} <= {p.name for p in (run / "figures").glob("*.png")}
 
 
 @pytest.mark.slow

@@ -282,3 +282,24 @@ def paired_scores(rows: pd.DataFrame, a: str, b: str, name_a: str, name_b: str, 
     ax2.set(xlabel=f"{name_b} - {name_a}, mean per wafer", ylabel="wafers", title="Per-wafer difference")
     fig.tight_layout()
     return fig
+
+
+def shape_reading(reading: pd.DataFrame, shapes: tuple[str, ...], min_maps: int = 5):
+    """One heat map per model (column `model` of `reading`): for each label and measured shape with at least
+    `min_maps` maps, the share read as each shape; the agreement with the measured shapes in the title."""
+    models = list(dict.fromkeys(reading["model"]))
+    cols = list(shapes) + ["(unread)"]
+    key = reading["label"] + " · " + reading["measured"]
+    counts = key[reading["model"] == models[0]].value_counts()
+    rows = sorted(counts.index[counts >= min_maps])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 0.32 * len(rows) + 1.6), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        part = reading["model"] == name
+        table = pd.crosstab(key[part], reading.loc[part, "read"].replace("", "(unread)"), normalize="index")
+        sns.heatmap(table.reindex(index=rows, columns=cols, fill_value=0.0), annot=True, fmt=".2f", cmap="Blues",
+                    vmin=0, vmax=1, cbar=False, ax=ax, yticklabels=ax is axes[0][0], annot_kws={"fontsize": 6})
+        agree = (reading.loc[part, "read"] == reading.loc[part, "measured"]).mean()
+        ax.set(xlabel="shape read from the answer", ylabel="label · measured shape" if ax is axes[0][0] else "",
+               title=f"{name}: names the measured shape on {agree:.0%}")
+    fig.tight_layout()
+    return fig
