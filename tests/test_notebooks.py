@@ -164,7 +164,8 @@ def test_stage_06_with_smoke_params(rl_run):
     assert (run / "models" / "rl" / "merged" / "config.json").exists()
     assert (run / "models" / "rl" / "train" / "adapter" / "adapter_config.json").exists()
     assert (run / "tables" / "rl_vs_sft_scores.csv").exists() and (run / "data" / "rl_vs_sft_answers.parquet").exists()
-    assert {"fig_rl_reward_audit.png", "fig_rl_curves.png", "fig_rl_vs_sft.png"} <= {p.name for p in (run / "figures").glob("*.png")}
+    assert {"fig_rl_reward_audit.png", "fig_rl_curves.png", "fig_rl_vs_sft.png",
+            "fig_rl_vs_sft_sampled.png"} <= {p.name for p in (run / "figures").glob("*.png")}
 
 
 @pytest.mark.slow

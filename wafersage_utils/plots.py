@@ -266,15 +266,16 @@ def rl_curves(history: list[dict]):
     return fig
 
 
-def paired_scores(rows: pd.DataFrame, a: str, b: str, name_a: str, name_b: str, by: str = "category"):
-    """Two models' scores on the same questions: mean per group side by side, and the per-wafer
-    difference b - a as a histogram."""
+def paired_scores(rows: pd.DataFrame, a: str, b: str, name_a: str, name_b: str, by: str = "category",
+                  value: str = "rule score"):
+    """Two models' scores (`value` names them) on the same questions: mean per group side by side, and the
+    per-wafer difference b - a as a histogram."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.2), gridspec_kw={"width_ratios": [3, 2]})
     long = rows.melt(id_vars=[by], value_vars=[a, b], var_name="model", value_name="score")
     long["model"] = long["model"].map({a: name_a, b: name_b})
     sns.barplot(data=long, y=by, x="score", hue="model", ax=ax1, errorbar=None,
                 palette=["#92c5de", "#2166ac"])
-    ax1.set(xlabel="mean rule score", ylabel="", title=f"{name_a} and {name_b} on the same questions")
+    ax1.set(xlabel=f"mean {value}", ylabel="", title=f"{name_a} and {name_b} on the same questions")
     sns.move_legend(ax1, "upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, title=None)  # clear of the bars
     diff = rows.groupby("wafer_id")[[a, b]].mean()
     ax2.hist(diff[b] - diff[a], bins=30, color="#4393c3")
