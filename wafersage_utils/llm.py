@@ -56,9 +56,8 @@ class ChatSettings:
     def sampling(self) -> dict:
         """The parameters that change an answer (part of the cache key)."""
         out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "seed": self.seed}
-        truncation = truncation_of({"extra_body": {"top_k": self.top_k, "min_p": self.min_p}})
-        if any(truncation.values()):  # OpenAI's own API knows neither: sent only when asked for
-            out["extra_body"] = truncation
+        if self.top_k or self.min_p:  # OpenAI's own API knows neither: sent only when asked for
+            out["extra_body"] = {"top_k": int(self.top_k), "min_p": float(self.min_p)}
         if self.json_mode:
             out["response_format"] = {"type": "json_object"}
         return out
