@@ -147,6 +147,56 @@ def test_examples_longer_than_max_length_are_dropped_not_cut(base, vqa_ds):
     assert dropped == sum(n > cut for n in lengths) > 0 and len(kept) == len(vqa_ds) - dropped
 
 
+def test_encoded_examples_batch_exactly_as_trls_collator(base, maps):
+    """Examples encoded once and padded by our collator give the very batch TRL's collator builds on the fly:
+    same token ids, attention mask, labels (-100 outside the assistant turn), pixel values and grids."""
+    from transformers import AutoProcessor
+    from trl.chat_template_utils import get_training_chat_template
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    from wafersage_utils.batches import PaddedCollator, encode
+    processor = AutoProcessor.from_pretrained(base[0])
+    template = get_training_chat_template(processor)
+    images, captions, prompts = models.caption_corpus(maps, 32, 0)  # a map's image serves three examples
+    ds = models.caption_dataset(images, captions, prompts)
+    enc, bank = encode(ds, processor, template, batch_size=16)
+    assert len(enc) == len(ds) and len(bank.pixel_values) == len({id(im) for im in images}) == 32
+    assert enc["length"] == [len(ids) for ids in enc["input_ids"]]
+    theirs = DataCollatorForVisionLanguageModeling(processor=processor, assistant_only_loss=True,
+                                                   chat_template=template)
+    ours = PaddedCollator(bank, processor.tokenizer.pad_token_id)
+    for picked in ([0, 1, 2], [5, 40, 17, 88, 3], list(range(0, len(ds), 7))):
+        a, b = theirs([ds[i] for i in picked]), ours([enc[i] for i in picked])
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+        assert (b["labels"] != -100).sum() > 0
+
+
+def test_encoded_training_reaches_the_weights_of_trls_collator(base, vqa_ds, tmp_path):
+    """The same run with examples encoded once and with TRL's on-the-fly collator: the same adapter."""
+    from safetensors.torch import load_file
+    encoded = sft.train(_cfg(base[0], tmp_path / "encoded", max_steps=3), vqa_ds)
+    on_the_fly = sft.train(_cfg(base[0], tmp_path / "fly", max_steps=3, encode_max_gb=0.0), vqa_ds)
+    assert encoded["loss_first"] == pytest.approx(on_the_fly["loss_first"], rel=1e-5)
+    a = load_file(tmp_path / "encoded" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "fly" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_encoded_path_drops_examples_over_max_length(base, vqa_ds):
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(base[0])
+    lengths = sft.example_lengths(vqa_ds, processor)
+    cut = sorted(lengths)[len(lengths) // 2]
+    train, _, collator, dropped = sft.encoded_inputs(_cfg(base[0], "unused", max_length=cut), vqa_ds, None, processor)
+    assert collator is not None and dropped == sum(n > cut for n in lengths) > 0
+    assert max(train["length"]) <= cut and len(train) == len(vqa_ds) - dropped
+    # Too little memory allowed for the images: TRL's collator processes them on the fly instead.
+    raw, _, none, dropped_raw = sft.encoded_inputs(_cfg(base[0], "unused", max_length=cut, encode_max_gb=1e-9),
+                                                   vqa_ds, None, processor)
+    assert none is None and dropped_raw == dropped and "images" in raw.column_names
+
+
 def test_merged_export_works_with_the_model_cards_pipeline_snippet(base, vqa_ds, maps, tmp_path):
     from transformers import pipeline
     result = sft.train(_cfg(base[0], tmp_path / "train"), vqa_ds, export_dir=tmp_path / "merged")
@@ -174,7 +224,7 @@ def test_merged_export_works_with_the_model_cards_pipeline_snippet(base, vqa_ds,
 def test_optimizer_falls_back_without_a_gpu(caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert sft.resolve_optim("adamw_8bit") == "adamw_torch" and "8-bit AdamW" in caplog.text
+    assert sft.resolve_optim("adamw_8bit") == "adamw_torch_fused" and "8-bit AdamW" in caplog.text
     assert sft.resolve_optim("adafactor") == "adafactor"
 
 

@@ -63,12 +63,14 @@ class TrainConfig:
     max_eval_examples: int = 200
     resume: bool = True
     grad_check_steps: int = 2
+    encode_max_gb: float = 4.0  # encode examples and images once when the image bank fits in this; 0: TRL's collator
+    group_by_length: bool = False  # batches of similar length (less padding); changes the data order
     extra: dict = field(default_factory=dict)  # further SFTConfig fields, passed as they are
 
     def key(self) -> str:
         """Hash of the settings that shape the weights (not the bookkeeping ones)."""
         skip = {"output_dir", "logging_steps", "save_steps", "save_total_limit", "resume", "n_threads",
-                "eval_steps", "max_eval_examples", "grad_check_steps"}
+                "eval_steps", "max_eval_examples", "grad_check_steps", "encode_max_gb"}
         return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
                                          sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -79,9 +81,9 @@ def resolve_optim(name: str) -> str:
     if name in ("adamw_8bit", "adamw_bnb_8bit"):
         if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
             return "adamw_bnb_8bit"
-        log.warning("8-bit AdamW needs bitsandbytes and a GPU (%s); using adamw_torch instead",
+        log.warning("8-bit AdamW needs bitsandbytes and a GPU (%s); using adamw_torch_fused instead",
                     "no GPU" if not torch.cuda.is_available() else "bitsandbytes not installed")
-        return "adamw_torch"
+        return "adamw_torch_fused"
     return name
 
 
@@ -126,6 +128,31 @@ class GradientCheck:
                                    f"had zero gradients, e.g. {zero[:3]}")
 
 
+class StepTimer:
+    """Wall time of every optimizer step (CUDA synchronised), for benchmarks: `callbacks=[timer.callback]`."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+        timer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                timer._sync()
+                timer._t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                timer._sync()
+                timer.times.append(time.perf_counter() - timer._t0)
+        self.times: list[float] = []
+        self.callback = _Callback()
+
+    @staticmethod
+    def _sync():
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
 def example_lengths(dataset, processor, batch: int = 64) -> list[int]:
     """Tokens per example with the image tokens expanded, as the trainer will see them."""
     out = []
@@ -150,6 +177,48 @@ def drop_too_long(dataset, processor, max_length: int | None):
     return dataset.select(keep), len(lengths) - len(keep)
 
 
+def bank_gigabytes(dataset, processor) -> float:
+    """Memory the encoded images of `dataset` would take (float32 pixel values of every distinct image)."""
+    from .batches import distinct_images
+    n, first = distinct_images(dataset)
+    if not n:
+        return 0.0
+    pixels = processor.image_processor(images=[first], return_tensors="pt")["pixel_values"]
+    return n * pixels.numel() * pixels.element_size() / 2**30
+
+
+def encoded_inputs(cfg: TrainConfig, train_ds, eval_ds, processor):
+    """(train, eval, collator, dropped): examples encoded once with a padding collator when their images fit in
+    `encode_max_gb`, else the raw examples for TRL's on-the-fly collator (None). Examples over max_length tokens
+    are dropped either way."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    from .batches import PaddedCollator, encode
+    vision = "images" in train_ds.column_names
+    if not vision or not cfg.encode_max_gb or bank_gigabytes(train_ds, processor) > cfg.encode_max_gb:
+        if vision and cfg.encode_max_gb:
+            log.info("images exceed encode_max_gb %.1f: TRL's collator processes them on the fly", cfg.encode_max_gb)
+        train_ds, dropped = drop_too_long(train_ds, processor, cfg.max_length)
+        return train_ds, eval_ds, None, dropped
+    template = get_training_chat_template(processor)
+    t0 = time.perf_counter()
+    train_enc, bank = encode(train_ds, processor, template)
+    n_train = len(train_enc)
+    if cfg.max_length:
+        train_enc = train_enc.filter(lambda n: n <= cfg.max_length, input_columns="length")
+        if len(train_enc) < n_train:
+            log.warning("%d of %d examples exceed max_length %d tokens and are left out", n_train - len(train_enc),
+                        n_train, cfg.max_length)
+    if eval_ds is not None:
+        eval_enc, eval_bank = encode(eval_ds, processor, template)
+        offset = len(bank.pixel_values)
+        bank.pixel_values += eval_bank.pixel_values
+        bank.grids += eval_bank.grids
+        eval_ds = eval_enc.map(lambda j: {"image": j + offset}, input_columns="image")
+    log.info("encoded %d examples and %d images in %.1f s", n_train, len(bank.pixel_values), time.perf_counter() - t0)
+    return train_enc, eval_ds, PaddedCollator(bank, processor.tokenizer.pad_token_id), n_train - len(train_enc)
+
+
 def _prepare_output(cfg: TrainConfig) -> str | None:
     """Checkpoint to resume from (same config, unfinished run), else a clean output folder."""
     from transformers.trainer_utils import get_last_checkpoint
@@ -167,8 +236,9 @@ def _prepare_output(cfg: TrainConfig) -> str | None:
     return None
 
 
-def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), processor=None):
-    """TRL SFTTrainer for the config: LoRA (PEFT) or full-parameter, CPU-safe defaults."""
+def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), processor=None, collator=None):
+    """TRL SFTTrainer for the config: LoRA (PEFT) or full-parameter, CPU-safe defaults. With a `collator`, the
+    datasets are already encoded (:func:`encoded_inputs`) and TRL only runs the loop."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -185,15 +255,17 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), proces
         per_device_eval_batch_size=cfg.per_device_train_batch_size * 2,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_ratio, optim=resolve_optim(cfg.optim),
-        seed=cfg.seed, data_seed=cfg.seed, max_length=None, assistant_only_loss=True,
+        seed=cfg.seed, data_seed=cfg.seed, max_length=None, assistant_only_loss=collator is None,  # else in the labels
         gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps, save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if (cfg.eval_steps and eval_ds is not None) else "no", eval_steps=cfg.eval_steps or None,
-        report_to="none", dataloader_num_workers=0, remove_unused_columns=False, **prec, **cfg.extra)
+        report_to="none", dataloader_num_workers=0, remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        dataset_kwargs={"skip_prepare_dataset": True} if collator is not None else None, **prec, **cfg.extra)
     peft = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_targets(cfg.lora_vision), task_type="CAUSAL_LM") if cfg.lora else None
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                       processing_class=processor, peft_config=peft, callbacks=list(callbacks))
 
 
@@ -220,11 +292,12 @@ def train(cfg: TrainConfig, train_ds, eval_ds=None, export_dir: Path | None = No
     resume_from = _prepare_output(cfg)
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(cfg.model)
-    train_ds, dropped = drop_too_long(train_ds, processor, cfg.max_length)
     if eval_ds is not None and cfg.max_eval_examples and len(eval_ds) > cfg.max_eval_examples:
         eval_ds = eval_ds.shuffle(seed=cfg.seed).select(range(cfg.max_eval_examples))
+    train_ds, eval_ds, collator, dropped = encoded_inputs(cfg, train_ds, eval_ds if cfg.eval_steps else None,
+                                                          processor)
     check = GradientCheck(cfg.grad_check_steps)
-    trainer = build_trainer(cfg, train_ds, eval_ds if cfg.eval_steps else None, [check.callback, *callbacks], processor)
+    trainer = build_trainer(cfg, train_ds, eval_ds, [check.callback, *callbacks], processor, collator)
     t0 = time.perf_counter()
     out = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - t0
