@@ -29,6 +29,7 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
+	$(PY) tests/benchmarks/bench_tiny_model.py
 	$(PY) tests/benchmarks/bench_features.py
 	$(PY) tests/benchmarks/bench_render.py
 	$(PY) tests/benchmarks/bench_serve.py

@@ -183,24 +183,39 @@ def test_encoded_training_reaches_the_weights_of_trls_collator(base, vqa_ds, tmp
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_length_grouped_batches_pad_less(base, vqa_ds, maps):
-    """group_by_length: TRL's loop draws batches of similar length from the encoded examples (seeded order)."""
+def test_batch_rebalance_pads_less_and_keeps_each_step_random(base, maps):
+    """batch_rebalance: each optimizer step draws random examples (as `random` does) and sorts them by length into
+    its micro-batches, so padding falls while a step's content stays unrelated to length (group_by_length would
+    fill a step with examples of one length: for wafer answers, often of one class). Seeded by the data seed."""
     from transformers import AutoProcessor
-    from transformers.trainer_pt_utils import LengthGroupedSampler
     processor = AutoProcessor.from_pretrained(base[0])
     images, captions, prompts = models.caption_corpus(maps, 32, 0)
     ds = models.caption_dataset(images, captions, prompts)
 
-    def padding(grouped: bool) -> int:
-        cfg = _cfg(base[0], "unused", per_device_train_batch_size=8, group_by_length=grouped)
+    def steps(strategy: str, seed: int = 0) -> list[list[dict]]:
+        cfg = _cfg(base[0], "unused", per_device_train_batch_size=4, gradient_accumulation_steps=4, seed=seed,
+                   train_sampling_strategy=strategy)
         train, _, collator, _ = sft.encoded_inputs(cfg, ds, None, processor)
-        trainer = sft.build_trainer(cfg, train, processor=processor, collator=collator)
-        assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler) == grouped
-        batches = list(trainer.get_train_dataloader())
-        assert sum(len(b["input_ids"]) for b in batches) == len(ds)
-        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+        batches = list(sft.build_trainer(cfg, train, processor=processor, collator=collator).get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(ds)  # every example once
+        return [batches[i: i + 4] for i in range(0, len(batches), 4)]
 
-    assert padding(True) < 0.5 * padding(False)
+    def padding(st) -> int:
+        return sum(int((b["attention_mask"] == 0).sum()) for step in st for b in step)
+
+    def spread(st) -> float:  # mean length range inside a step
+        lengths = [[int(n) for b in step for n in b["attention_mask"].sum(1)] for step in st]
+        return sum(max(x) - min(x) for x in lengths) / len(lengths)
+
+    plain, rebalanced = steps("random"), steps("batch_rebalance")
+    assert padding(rebalanced) < 0.5 * padding(plain)
+    assert spread(rebalanced) > 0.7 * spread(plain)
+    for step in rebalanced:  # a step's micro-batches hold contiguous stretches of its length-sorted examples
+        spans = sorted((int(b["attention_mask"].sum(1).min()), int(b["attention_mask"].sum(1).max())) for b in step)
+        assert all(hi <= lo_next for (_, hi), (lo_next, _) in zip(spans, spans[1:]))
+    first = [int(x) for b in rebalanced[0] for x in b["input_ids"].sum(1)]
+    other = [int(x) for b in steps("batch_rebalance", seed=1)[0] for x in b["input_ids"].sum(1)]
+    assert first != other  # the data seed moves the order
 
 
 def test_encoded_path_drops_examples_over_max_length(base, vqa_ds):

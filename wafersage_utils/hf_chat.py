@@ -62,10 +62,19 @@ def _to_hf_messages(messages: list[dict]) -> tuple[list[dict], list]:
     return out, images
 
 
+def _text_length(request: dict) -> int:
+    """Characters of text in a request's messages (images excluded)."""
+    total = 0
+    for m in request["messages"]:
+        content = m["content"]
+        total += len(content) if isinstance(content, str) else sum(len(p.get("text", "")) for p in content)
+    return total
+
+
 class HFChat:
     """Batched generation with a local image-text-to-text model, behind the ChatClient interface."""
 
-    def __init__(self, path: str, cache_dir: Path, batch_size: int = 4, device: str = ""):
+    def __init__(self, path: str, cache_dir: Path, batch_size: int = 64, device: str = "", length_grouped: bool = True):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,7 +84,7 @@ class HFChat:
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
         self.cache = ResponseCache(cache_dir)
-        self.n_requests = 0
+        self.n_requests, self.length_grouped = 0, length_grouped
 
     def _generate(self, requests: list[dict]) -> list[str]:
         import torch
@@ -113,6 +122,10 @@ class HFChat:
         for i in todo:
             r = requests[i]
             groups.setdefault((r.get("max_tokens"), r.get("temperature"), *truncation_of(r).values()), []).append(i)
+        # Within a group, requests of similar text length share a batch: less padding, and answers of similar
+        # length, so a batch's generation stops soon after its own answers end.
+        if self.length_grouped:
+            groups = {k: sorted(g, key=lambda i: _text_length(requests[i])) for k, g in groups.items()}
         batches = [g[s: s + self.batch_size] for g in groups.values() for s in range(0, len(g), self.batch_size)]
         for idx in tqdm(batches, desc=desc, disable=not progress, mininterval=2.0):
             t0 = time.perf_counter()

@@ -56,7 +56,10 @@ class PretrainSettings:
     text_epochs: float = 1.0  # text-only language modelling before captioning; 0 skips it
     text_learning_rate: float = 5e-4
     text_batch_size: int = 16
-    group_by_length: bool = False  # batches of similar length (less padding) in both steps
+    # Micro-batches per optimizer step (batch sizes count the whole step). Above 1 a step's random examples are
+    # sorted by length into its micro-batches (transformers' batch_rebalance): less padding, the same step.
+    micro_batches: int = 1
+    text_micro_batches: int = 4
 
 
 def cache_root(explicit: str = "") -> Path:
@@ -172,7 +175,7 @@ def train_text(model_dir: Path, texts: list[str], out_dir: Path, settings: Pretr
     """Text-only language modelling of the language model (vision frozen); saves model and processor."""
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from . import sft
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -181,14 +184,16 @@ def train_text(model_dir: Path, texts: list[str], out_dir: Path, settings: Pretr
         p.requires_grad_(".visual." not in name)
     eos = processor.tokenizer.eos_token
     args = SFTConfig(output_dir=str(out_dir.parent / "text_train"), learning_rate=settings.text_learning_rate,
-                     num_train_epochs=settings.text_epochs, per_device_train_batch_size=settings.text_batch_size,
+                     num_train_epochs=settings.text_epochs,
+                     per_device_train_batch_size=settings.text_batch_size // settings.text_micro_batches,
+                     gradient_accumulation_steps=settings.text_micro_batches,
                      warmup_steps=settings.warmup_ratio, lr_scheduler_type="cosine", seed=seed, data_seed=seed,
                      max_length=512, use_cpu=not _cuda(), gradient_checkpointing=False, **sft._precision("auto"),
-                     train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+                     train_sampling_strategy=_sampling(settings.text_micro_batches),
                      optim=sft.resolve_optim("adamw_torch_fused"),
                      logging_steps=_log_every(len(texts), settings.text_batch_size, settings.text_epochs),
                      save_strategy="no", report_to="none", dataloader_num_workers=0)
-    trainer = SFTTrainer(model=model, args=args, processing_class=processor.tokenizer,
+    trainer = sft.trainer_class()(model=model, args=args, processing_class=processor.tokenizer,
                          train_dataset=Dataset.from_dict({"text": [t + eos for t in texts]}))
     out = trainer.train()
     model.save_pretrained(out_dir)
@@ -210,11 +215,17 @@ def seeing_config(model: str, output_dir: str, settings: PretrainSettings, seed:
     """The training config of the seeing step: full-parameter captioning, no checkpoints."""
     from . import sft
     return sft.TrainConfig(model=model, output_dir=output_dir, lora=False, learning_rate=settings.learning_rate,
-                           num_train_epochs=settings.epochs, per_device_train_batch_size=settings.batch_size,
-                           gradient_accumulation_steps=1, warmup_ratio=settings.warmup_ratio,
+                           num_train_epochs=settings.epochs,
+                           per_device_train_batch_size=settings.batch_size // settings.micro_batches,
+                           gradient_accumulation_steps=settings.micro_batches, warmup_ratio=settings.warmup_ratio,
                            lr_scheduler_type="cosine", weight_decay=0.0, seed=seed, n_threads=n_threads,
-                           save_steps=0, group_by_length=settings.group_by_length,
+                           save_steps=0, train_sampling_strategy=_sampling(settings.micro_batches),
                            logging_steps=_log_every(n_examples, settings.batch_size, settings.epochs))
+
+
+def _sampling(micro_batches: int) -> str:
+    """A step split into micro-batches sorts its random examples by length into them; else plain random batches."""
+    return "batch_rebalance" if micro_batches > 1 else "random"
 
 
 def _cuda() -> bool:

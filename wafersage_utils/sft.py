@@ -15,6 +15,7 @@ DeepSpeed or FSDP) execute. TRL's `SFTTrainer` is the loop; this module only bui
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -64,7 +65,9 @@ class TrainConfig:
     resume: bool = True
     grad_check_steps: int = 2
     encode_max_gb: float = 4.0  # encode examples and images once when the image bank fits in this; 0: TRL's collator
-    group_by_length: bool = False  # batches of similar length (less padding); changes the data order
+    # random | batch_rebalance (each optimizer step's random examples, sorted by length into its
+    # gradient_accumulation_steps micro-batches: less padding, the same step) | group_by_length
+    train_sampling_strategy: str = "random"
     extra: dict = field(default_factory=dict)  # further SFTConfig fields, passed as they are
 
     def key(self) -> str:
@@ -236,13 +239,29 @@ def _prepare_output(cfg: TrainConfig) -> str | None:
     return None
 
 
+@functools.cache
+def trainer_class():
+    """TRL's SFTTrainer, with the batch_rebalance sampler seeded by the run's data seed (transformers leaves it at
+    42, so the SFT seed would not move the data order)."""
+    from transformers.trainer_pt_utils import BatchRebalanceSampler
+    from trl import SFTTrainer
+
+    class SeededSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            sampler = super()._get_train_sampler(train_dataset)
+            if isinstance(sampler, BatchRebalanceSampler):
+                sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return sampler
+    return SeededSFTTrainer
+
+
 def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), processor=None, collator=None):
     """TRL SFTTrainer for the config: LoRA (PEFT) or full-parameter, CPU-safe defaults. With a `collator`, the
     datasets are already encoded (:func:`encoded_inputs`) and TRL only runs the loop."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from .models import lora_targets
     prec = _precision(cfg.mixed_precision)
@@ -261,12 +280,13 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), proces
         save_steps=cfg.save_steps or 500, save_total_limit=cfg.save_total_limit,
         eval_strategy="steps" if (cfg.eval_steps and eval_ds is not None) else "no", eval_steps=cfg.eval_steps or None,
         report_to="none", dataloader_num_workers=0, remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        train_sampling_strategy=cfg.train_sampling_strategy,
         dataset_kwargs={"skip_prepare_dataset": True} if collator is not None else None, **prec, **cfg.extra)
     peft = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=lora_targets(cfg.lora_vision), task_type="CAUSAL_LM") if cfg.lora else None
-    return SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-                      processing_class=processor, peft_config=peft, callbacks=list(callbacks))
+    return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                           data_collator=collator, processing_class=processor, peft_config=peft,
+                           callbacks=list(callbacks))
 
 
 def export_merged(base: str, adapter_dir: Path, out_dir: Path) -> Path:

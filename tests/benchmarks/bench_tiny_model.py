@@ -1,0 +1,218 @@
+"""The tiny model's seeing step, LoRA SFT and greedy answers: the old path against the pipeline's, side by side.
+
+    python tests/benchmarks/bench_tiny_model.py [--run RUN] [--samples 1024] [--answers 384] [--out DIR]
+
+RUN is a run folder with stages 01 to 05 done (its maps, SFT pairs, base and SFT model); without it the smoke
+params run stages 01 to 05 into a temporary folder first (about 3 minutes). Each row trains or answers with the
+same model on the same examples twice in this process, the old path first:
+
+- seeing step (full-parameter captioning of the tiny base): old = TRL's collator (chat template and image
+  processor on every batch), random batches of 8 (the recipe until 2026-11-30); new = `models.seeing_config`
+  at the recipe's settings (`params/default.yaml` over the notebook's defaults);
+- LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
+  at the recipe's settings (examples encoded once, length-grouped batches);
+- greedy answers to validation questions: old = batches of 16 in request order; new = `HFChat` as the stages
+  use it (batches of `eval_batch_size`, grouped by length).
+
+Per row: samples per second over the training steps after the first three (and, for the new path, with the
+one-time encoding counted in), FLOPs per sample counted by torch's FlopCounterMode on single examples (matrix
+products and attention; no padding, so both paths are charged the same useful arithmetic), the achieved
+GFLOP/s, and that as a share of the machine's fp32 matrix-multiply peak measured here at the model's shapes and
+at a large shape. Targets (issue 25): seeing >= 190 and SFT >= 92 samples/s, answers 4x the old path.
+Run it alone: two cores, and any other process distorts the timings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from wafersage_utils import models, pipeline, sft, table
+from wafersage_utils.params import load_params, notebook_parameters, stage_parameters
+
+ROOT = Path(__file__).resolve().parents[2]
+WARMUP_STEPS = 3
+
+
+def recipe(stem: str) -> dict:
+    """A stage's parameters in the default run: params/default.yaml over the notebook's own defaults."""
+    declared = notebook_parameters(ROOT / "notebooks" / f"{stem}.ipynb")
+    values = {k: p.default for k, p in declared.items()}
+    return values | stage_parameters(load_params(ROOT / "params" / "default.yaml"), stem, declared)
+
+
+def matmul_peak(n_threads: int) -> dict:
+    """fp32 GFLOP/s of torch.mm at a large square shape and at the tiny model's token-by-weight shapes."""
+    torch.set_num_threads(n_threads)
+    shapes = {"large 2048^3": (2048, 2048, 2048), "mlp 2048x128x384": (2048, 128, 384),
+              "lm_head 2048x128x4096": (2048, 128, 4096), "vision 2048x64x192": (2048, 64, 192)}
+    out = {}
+    for name, (m, k, n) in shapes.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            torch.mm(a, b)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 1.0:
+            torch.mm(a, b)
+            reps += 1
+        out[name] = round(2 * m * k * n * reps / (time.perf_counter() - t0) / 1e9, 1)
+    return out
+
+
+def flops_per_sample(model_dir: str, dataset, lora_cfg: sft.TrainConfig | None, n: int = 12) -> float:
+    """Mean FLOPs of one training step (forward and backward) on single examples, as FlopCounterMode counts."""
+    from peft import LoraConfig, get_peft_model
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl.chat_template_utils import get_training_chat_template
+
+    from wafersage_utils.batches import PaddedCollator, encode
+    processor = AutoProcessor.from_pretrained(model_dir)
+    enc, bank = encode(dataset.select(range(min(n, len(dataset)))), processor, get_training_chat_template(processor))
+    collate = PaddedCollator(bank, processor.tokenizer.pad_token_id)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).train()
+    if lora_cfg is not None:
+        model = get_peft_model(model, LoraConfig(r=lora_cfg.lora_r, lora_alpha=lora_cfg.lora_alpha,
+                                                 target_modules=models.lora_targets(lora_cfg.lora_vision),
+                                                 task_type="CAUSAL_LM"))
+    total = 0
+    for i in range(len(enc)):
+        with FlopCounterMode(display=False) as counter:
+            model(**collate([enc[i]])).loss.backward()
+        total += counter.get_total_flops()
+    return total / len(enc)
+
+
+def train_rate(cfg: sft.TrainConfig, dataset) -> dict:
+    """Samples per second of a training run over the steps after the warm-up, and its wall time in all."""
+    timer = sft.StepTimer()
+    t0 = time.perf_counter()
+    result = sft.train(cfg, dataset, callbacks=[timer.callback])
+    wall = time.perf_counter() - t0
+    per_step = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    warm = timer.times[WARMUP_STEPS:]
+    return {"samples_per_second": round(per_step * len(warm) / sum(warm), 1), "steps": result["steps"],
+            "wall_s": round(wall, 1), "samples_per_second_with_setup": round(per_step * result["steps"] / wall, 1)}
+
+
+def answer_rate(model_dir: str, rows, run_dir: Path, batch_size: int, grouped: bool, max_tokens: int) -> dict:
+    """Greedy answers per second with an empty cache."""
+    from wafersage_utils import inference
+    from wafersage_utils.hf_chat import HFChat
+    with tempfile.TemporaryDirectory() as cache:
+        chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=grouped)
+        t0 = time.perf_counter()
+        answers = inference.answer_rows(chat, rows, run_dir, max_tokens, progress=False)
+        dt = time.perf_counter() - t0
+    return {"samples_per_second": round(len(rows) / dt, 1), "wall_s": round(dt, 1), "answers": answers}
+
+
+def answer_flops(model_dir: str, rows, run_dir: Path, max_tokens: int, n: int = 8) -> float:
+    """Mean FLOPs of generating one greedy answer alone (prefill and every decoding step)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wafersage_utils import inference
+    from wafersage_utils.hf_chat import HFChat
+    with tempfile.TemporaryDirectory() as cache:
+        chat = HFChat(model_dir, Path(cache), batch_size=1)
+        reqs = inference.requests_for(rows.head(n), run_dir, chat.name, max_tokens)
+        with FlopCounterMode(display=False) as counter:
+            for r in reqs:
+                chat._generate([r])
+    return counter.get_total_flops() / len(reqs)
+
+
+def row(name: str, old: dict, new: dict, flops: float, peak: float) -> dict:
+    achieved = flops * new["samples_per_second"] / 1e9
+    return {"path": name, "old_per_s": old["samples_per_second"], "new_per_s": new["samples_per_second"],
+            "ratio": round(new["samples_per_second"] / old["samples_per_second"], 2),
+            "new_per_s_with_setup": new.get("samples_per_second_with_setup"), "mflops_per_sample": round(flops / 1e6, 1),
+            "achieved_gflops": round(achieved, 1), "share_of_peak": round(achieved / peak, 3)}
+
+
+def smoke_run(parent: Path) -> Path:
+    print("no --run given: running stages 01-05 with params/smoke.yaml first", flush=True)
+    return pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="01-05", results_dir=parent)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, help="run folder with stages 01-05 done (default: a fresh smoke run)")
+    ap.add_argument("--samples", type=int, default=1024, help="training examples per path and step kind")
+    ap.add_argument("--answers", type=int, default=384, help="validation questions answered per path")
+    ap.add_argument("--out", type=Path, help="folder for bench_tiny_model.json")
+    args = ap.parse_args(argv)
+    from datasets import load_from_disk
+    tmp = Path(tempfile.mkdtemp(prefix="bench_tiny_"))
+    run = args.run.resolve() if args.run else smoke_run(tmp)
+    p05, p07 = recipe("05_sft"), recipe("07_eval")
+    threads = int(p05["n_threads"])
+    torch.set_num_threads(threads)
+    base = json.loads((run / "models" / "base.json").read_text())["path"]
+    merged = str(run / "models" / "sft" / "merged")
+    peak = matmul_peak(threads)
+    top = max(peak.values())
+    print(json.dumps({"matmul_gflops": peak, "threads": threads}), flush=True)
+    rows = []
+
+    # Seeing step: the base's captioning, on the run's training maps (a map gives a caption and two questions).
+    maps = table.read_table(run / "data" / "maps.parquet")
+    size = json.loads((Path(base) / "factory.json").read_text())["spec"]["image_size"]
+    images, captions, prompts = models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3))
+    seeing_ds = models.caption_dataset(images, captions, prompts)
+    settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],
+                                       batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"])
+    new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(seeing_ds))
+    old_cfg = replace(new_cfg, output_dir=str(tmp / "seeing_old"), per_device_train_batch_size=8,
+                      gradient_accumulation_steps=1, train_sampling_strategy="random", encode_max_gb=0.0,
+                      optim="adamw_torch")
+    old, new = train_rate(old_cfg, seeing_ds), train_rate(new_cfg, seeing_ds)
+    rows.append(row("seeing step", old, new, flops_per_sample(base, seeing_ds, None), top))
+    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+
+    # LoRA SFT on the run's pairs (a seeded sample of them).
+    pairs = load_from_disk(str(run / "data" / "exports" / "trl_sft" / "train"))
+    pairs = pairs.shuffle(seed=0).select(range(min(args.samples, len(pairs))))
+    fields = sft.TrainConfig.__dataclass_fields__
+    new_cfg = sft.TrainConfig(**{k: v for k, v in p05.items() if k in fields}
+                              | {"model": base, "output_dir": str(tmp / "sft_new"), "save_steps": 0, "max_steps": -1,
+                                 "num_train_epochs": 1.0, "seed": 0})
+    old_cfg = replace(new_cfg, output_dir=str(tmp / "sft_old"), per_device_train_batch_size=2,
+                      gradient_accumulation_steps=4, train_sampling_strategy="random", encode_max_gb=0.0,
+                      optim="adamw_torch")
+    old, new = train_rate(old_cfg, pairs), train_rate(new_cfg, pairs)
+    rows.append(row("LoRA SFT", old, new, flops_per_sample(base, pairs, new_cfg), top))
+    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+
+    # Greedy answers to validation questions with the SFT model.
+    import pandas as pd
+    vqa = pd.read_parquet(run / "data" / "vqa.parquet")
+    val = vqa[vqa["split"] == "val"]
+    asked = val.sample(n=min(args.answers, len(val)), random_state=0).reset_index(drop=True)
+    max_tokens = int(p07["eval_max_tokens"])
+    old = answer_rate(merged, asked, run, 16, False, max_tokens)
+    new = answer_rate(merged, asked, run, int(p07["eval_batch_size"]), True, max_tokens)
+    same = sum(a == b for a, b in zip(old.pop("answers"), new.pop("answers"))) / len(asked)
+    rows.append(row("greedy answers", old, new, answer_flops(merged, asked, run, max_tokens), top)
+                | {"same_answer_share": round(same, 3)})
+    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+
+    print(f"\n{'path':16} {'old/s':>8} {'new/s':>8} {'ratio':>6} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of peak':>8}")
+    for r in rows:
+        print(f"{r['path']:16} {r['old_per_s']:8.1f} {r['new_per_s']:8.1f} {r['ratio']:6.2f} "
+              f"{r['mflops_per_sample']:13.1f} {r['achieved_gflops']:8.1f} {r['share_of_peak']:8.1%}")
+    print(f"matmul peak {top} GFLOP/s ({threads} threads); run: {run}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_tiny_model.json").write_text(json.dumps({"matmul_gflops": peak, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
