@@ -163,3 +163,24 @@ def test_code_hash_follows_only_the_modules_a_notebook_imports(tmp_path):
     h3 = pipeline.code_hash(nb_path, pkg)
     (pkg / "d.py").write_text("Y = 4\n")
     assert pipeline.code_hash(nb_path, pkg) != h3
+
+
+def test_git_state_ignores_run_folders_but_not_code(tmp_path):
+    """A rerun rewrites the committed reference run under results/: the tree that made it is still clean."""
+    import subprocess
+
+    from wafersage_utils.runs import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "results" / "default").mkdir(parents=True)
+    (tmp_path / "results" / "default" / "metrics.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results" / "default" / "metrics.json").unlink()
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True

@@ -69,13 +69,14 @@ def _json_default(o):
 
 
 def git_state(root: Path = PROJECT_ROOT) -> dict:
-    """Commit and dirty flag of the working tree ('unknown' outside git)."""
+    """Commit and dirty flag of the working tree ('unknown' outside git). Run folders under results/ do not count:
+    a rerun rewrites the committed reference run's files, which says nothing about the code that ran."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return {"commit": "unknown", "dirty": None}
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").stdout.strip() != ""
     return {"commit": head.stdout.strip(), "dirty": dirty}
 
 
