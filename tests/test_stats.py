@@ -36,6 +36,18 @@ def test_paired_difference_sign_and_p_value():
     assert r["ci_low"] < 0 < r["ci_high"] and r["p_value"] > 0.05
 
 
+def test_identical_models_get_a_zero_width_interval_not_nan():
+    # two models that answer every question alike (RL that did not move the adapter): BCa alone returns NaN
+    wafers = np.repeat(np.arange(30), 4)
+    same = np.random.default_rng(0).random(120)
+    d = stats.paired_difference(same, same, wafers)
+    assert (d["mean"], d["ci_low"], d["ci_high"]) == (0.0, 0.0, 0.0) and d["p_value"] == 1.0
+    flat = stats.cluster_interval(np.full(120, 0.25), wafers)
+    assert flat["ci_low"] == flat["mean"] == flat["ci_high"] == 0.25
+    one_off = stats.paired_difference(np.zeros(120), np.r_[1.0, np.zeros(119)], wafers)
+    assert 0.0 <= one_off["ci_low"] <= one_off["mean"] <= one_off["ci_high"] and one_off["ci_high"] > 0
+
+
 def test_paired_difference_rejects_unpaired_input():
     with pytest.raises(ValueError, match="equal lengths"):
         stats.paired_difference([1, 2], [1], ["a", "b"])

@@ -29,6 +29,10 @@ def cluster_interval(values, wafers, n_resamples: int = 2000, level: float = 0.9
     mean = float(s.sum() / n.sum())
     if len(s) < 2:
         return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n_wafers": len(s)}
+    if np.allclose(s, mean * n, rtol=0.0, atol=1e-12):
+        # every wafer has the same mean (two models that answered alike, say): every resample gives `mean`,
+        # and BCa, which divides by the spread of the jackknife, would return NaN
+        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n_wafers": len(s)}
     res = sps.bootstrap((s, n), _ratio, paired=True, vectorized=True, n_resamples=n_resamples,
                         confidence_level=level, method="BCa", rng=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
