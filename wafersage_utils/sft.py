@@ -140,17 +140,18 @@ class StepTimer:
 
         class _Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
-                timer._sync()
+                timer.sync()
                 timer._t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
-                timer._sync()
+                timer.sync()
                 timer.times.append(time.perf_counter() - timer._t0)
         self.times: list[float] = []
         self.callback = _Callback()
 
     @staticmethod
-    def _sync():
+    def sync():
+        """Wait for queued CUDA work, so a wall-clock reading covers it (no-op on CPU)."""
         import torch
         if torch.cuda.is_available():
             torch.cuda.synchronize()

@@ -152,13 +152,13 @@ def plain_loop(name: str, model_dir: Path, dataset, steps: int, batch: int) -> d
     for step in range(steps):
         picked = [order[(step * batch + i) % len(order)] for i in range(batch)]
         inputs = {k: v.to(device) for k, v in collate([examples_[i] for i in picked]).items()}
-        sft.StepTimer._sync()
+        sft.StepTimer.sync()
         t0 = time.perf_counter()
         loss = model(**inputs).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        sft.StepTimer._sync()
+        sft.StepTimer.sync()
         times.append(time.perf_counter() - t0)
         tokens.append(int(inputs["attention_mask"].sum()))
         losses.append(float(loss))
