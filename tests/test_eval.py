@@ -81,6 +81,22 @@ def test_embedding_judge_ranks_a_faithful_answer_above_an_unrelated_one():
     assert out.loc[0, "judge_morphology"] > out.loc[1, "judge_morphology"]
 
 
+def test_embedding_judge_encodes_each_text_once_and_scores_as_a_fresh_judge_would():
+    j, fresh = judge.EmbeddingJudge(), judge.EmbeddingJudge()
+    rows = pd.concat([_rows()] * 2, ignore_index=True)
+    first = ["A round blob of failing dies at the center.", "Scratches run across the edge."]
+    second = ["A round blob of failing dies at the center.", "Failures ring the edge."]
+    j.score(rows, first, progress=False)
+    encoded = []
+    real = j.model.encode
+    j.model.encode = lambda texts, **kw: (encoded.extend(texts), real(texts, **kw))[1]
+    again = j.score(rows, second, progress=False)
+    assert encoded == ["Failures ring the edge."]  # references and the repeated answer come from the memo
+    expect = fresh.score(rows, second, progress=False)
+    cols = [c for c in expect.columns if c.startswith("judge_") and c != "judge_error"]
+    np.testing.assert_allclose(again[cols].to_numpy(float), expect[cols].to_numpy(float), atol=1e-4)
+
+
 # --- alignment -------------------------------------------------------------------------------------------
 
 def test_scores_from_matches_equal_the_rule_score():

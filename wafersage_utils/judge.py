@@ -145,14 +145,18 @@ class EmbeddingJudge:
         self.model_dir = Path(model_dir)
         self.model = SentenceTransformer(str(self.model_dir), device=device)
         self.batch_size = batch_size
+        self._memo: dict[str, np.ndarray] = {}  # text -> embedding: references are shared by every model scored
 
     def embed(self, texts: list[str], progress: bool = False) -> np.ndarray:
-        """Unit-length embeddings, one row per text (distinct texts encoded once)."""
-        uniq = sorted(set(texts))
-        vecs = self.model.encode(uniq, batch_size=self.batch_size, normalize_embeddings=True,
-                                 show_progress_bar=progress, convert_to_numpy=True)
-        index = {t: i for i, t in enumerate(uniq)}
-        return vecs[[index[t] for t in texts]]
+        """Unit-length embeddings, one row per text (each distinct text encoded once per judge)."""
+        new = sorted(set(texts) - self._memo.keys())
+        if new:
+            vecs = self.model.encode(new, batch_size=self.batch_size, normalize_embeddings=True,
+                                     show_progress_bar=progress, convert_to_numpy=True)
+            self._memo.update(zip(new, vecs))
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension()), dtype=np.float32)
+        return np.stack([self._memo[t] for t in texts])
 
     def score(self, rows: pd.DataFrame, answers: list[str], progress: bool = True) -> pd.DataFrame:
         """10 x clipped cosine of each answer with the reference (overall) and each dimension's must-hit terms."""
