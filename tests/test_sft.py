@@ -309,3 +309,11 @@ def test_type_accuracy_by_model_and_split():
     table = answers.type_accuracy_by(rows, ["a", "b"], ("val", "test"))
     assert table.loc[("a", "val"), "single"] == 0.5 and table.loc[("a", "test"), "single"] == 1.0
     assert table.loc[("b", "val"), "single"] == 0.5 and table.loc[("b", "test"), "unparsed_share"] == 1.0
+
+
+def test_pretrain_micro_batches_must_divide_the_step():
+    with pytest.raises(ValueError, match="text_micro_batches .3. must be at least 1 and divide text_batch_size .16."):
+        models.PretrainSettings(text_micro_batches=3)
+    with pytest.raises(ValueError, match="micro_batches .0."):
+        models.PretrainSettings(micro_batches=0)
+    assert models.PretrainSettings(batch_size=16, micro_batches=4).micro_batches == 4

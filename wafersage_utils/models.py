@@ -61,6 +61,13 @@ class PretrainSettings:
     micro_batches: int = 1
     text_micro_batches: int = 4
 
+    def __post_init__(self):
+        for batch, micro in (("batch_size", "micro_batches"), ("text_batch_size", "text_micro_batches")):
+            b, m = getattr(self, batch), getattr(self, micro)
+            if m < 1 or b % m:
+                raise ValueError(f"PretrainSettings: {micro} ({m}) must be at least 1 and divide {batch} ({b}): "
+                                 f"a step of {b} examples is split into {m} equal micro-batches")
+
 
 def cache_root(explicit: str = "") -> Path:
     """Where built base models live: the argument, $WAFERSAGE_CACHE/models, or ~/.cache/wafersage/models."""
