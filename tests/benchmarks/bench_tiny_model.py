@@ -10,7 +10,7 @@ same model on the same examples twice in this process, the old path first:
   processor on every batch), random batches of 8 (the recipe until 2026-11-30); new = `models.seeing_config`
   at the recipe's settings (`params/default.yaml` over the notebook's defaults);
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
-  at the recipe's settings (examples encoded once, length-grouped batches);
+  at the recipe's settings (examples encoded once, padded per batch; 8 pairs per step in one batch);
 - greedy answers to validation questions: old = batches of 16 in request order; new = `HFChat` as the stages
   use it (batches of `eval_batch_size`, grouped by length).
 
