@@ -317,3 +317,27 @@ def test_pretrain_micro_batches_must_divide_the_step():
     with pytest.raises(ValueError, match="micro_batches .0."):
         models.PretrainSettings(micro_batches=0)
     assert models.PretrainSettings(batch_size=16, micro_batches=4).micro_batches == 4
+
+
+def test_step_timer_counts_batch_loading_in_each_step(base, vqa_ds, tmp_path):
+    """The Trainer fetches and collates a step's batches before on_step_begin; the timer must include that time,
+    or a benchmark would not see what encoding once saves. A collator that sleeps shows up in every step."""
+    import time as _time
+
+    from transformers import AutoProcessor
+
+    class SlowCollator:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, rows):
+            _time.sleep(0.2)
+            return self.inner(rows)
+
+    cfg = _cfg(base[0], tmp_path / "timed", max_steps=3)
+    processor = AutoProcessor.from_pretrained(cfg.model)
+    train, _, collator, _ = sft.encoded_inputs(cfg, vqa_ds, None, processor)
+    timer = sft.StepTimer()
+    trainer = sft.build_trainer(cfg, train, None, [timer.callback], processor, SlowCollator(collator))
+    trainer.train()
+    assert len(timer.times) == 3 and all(t >= 0.2 for t in timer.times), timer.times

@@ -132,20 +132,26 @@ class GradientCheck:
 
 
 class StepTimer:
-    """Wall time of every optimizer step (CUDA synchronised), for benchmarks: `callbacks=[timer.callback]`."""
+    """Wall time of every optimizer step (CUDA synchronised), for benchmarks: `callbacks=[timer.callback]`.
+
+    A step's time runs from the end of the step before (or the start of training) to its own end, so it covers
+    everything the step costs: fetching and collating its batches (which the Trainer does before
+    `on_step_begin`), forward and backward, the optimizer and the callbacks."""
 
     def __init__(self):
         from transformers import TrainerCallback
         timer = self
 
         class _Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
+            def on_train_begin(self, args, state, control, **kw):
                 timer.sync()
-                timer._t0 = time.perf_counter()
+                timer._last = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
                 timer.sync()
-                timer.times.append(time.perf_counter() - timer._t0)
+                now = time.perf_counter()
+                timer.times.append(now - timer._last)
+                timer._last = now
         self.times: list[float] = []
         self.callback = _Callback()
 
