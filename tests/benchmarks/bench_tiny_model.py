@@ -89,6 +89,13 @@ def flops_per_sample(model_dir: str, dataset, lora_cfg: sft.TrainConfig | None, 
     return total / len(enc)
 
 
+def old_path(cfg: sft.TrainConfig, output_dir: Path, batch: int, accumulation: int) -> sft.TrainConfig:
+    """The training path before 2026-11-30: TRL's collator on every batch, random batches, plain AdamW."""
+    return replace(cfg, output_dir=str(output_dir), per_device_train_batch_size=batch,
+                   gradient_accumulation_steps=accumulation, train_sampling_strategy="random", encode_max_gb=0.0,
+                   optim="adamw_torch")
+
+
 def train_rate(cfg: sft.TrainConfig, dataset) -> dict:
     """Samples per second of a training run over the steps after the warm-up, and its wall time in all."""
     timer = sft.StepTimer()
@@ -169,9 +176,7 @@ def main(argv=None) -> int:
     settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],
                                        batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"])
     new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(seeing_ds))
-    old_cfg = replace(new_cfg, output_dir=str(tmp / "seeing_old"), per_device_train_batch_size=8,
-                      gradient_accumulation_steps=1, train_sampling_strategy="random", encode_max_gb=0.0,
-                      optim="adamw_torch")
+    old_cfg = old_path(new_cfg, tmp / "seeing_old", batch=8, accumulation=1)
     old, new = train_rate(old_cfg, seeing_ds), train_rate(new_cfg, seeing_ds)
     rows.append(row("seeing step", old, new, flops_per_sample(base, seeing_ds, None), top))
     print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
@@ -183,9 +188,7 @@ def main(argv=None) -> int:
     new_cfg = sft.TrainConfig(**{k: v for k, v in p05.items() if k in fields}
                               | {"model": base, "output_dir": str(tmp / "sft_new"), "save_steps": 0, "max_steps": -1,
                                  "num_train_epochs": 1.0, "seed": 0})
-    old_cfg = replace(new_cfg, output_dir=str(tmp / "sft_old"), per_device_train_batch_size=2,
-                      gradient_accumulation_steps=4, train_sampling_strategy="random", encode_max_gb=0.0,
-                      optim="adamw_torch")
+    old_cfg = old_path(new_cfg, tmp / "sft_old", batch=2, accumulation=4)
     old, new = train_rate(old_cfg, pairs), train_rate(new_cfg, pairs)
     rows.append(row("LoRA SFT", old, new, flops_per_sample(base, pairs, new_cfg), top))
     print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
