@@ -7,7 +7,7 @@ DEPS_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 PARAMS ?= params/default.yaml
 
-.PHONY: setup run smoke test bench lab serve clean-venv
+.PHONY: setup run smoke test test-fast bench lab serve clean-venv
 
 setup: $(STAMP)
 
@@ -20,13 +20,17 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $@
 
 run: setup
-	$(PY) -m wafersage_utils.pipeline $(PARAMS)
+	$(PY) -m wafersage_utils.runner.pipeline $(PARAMS)
 
 smoke: setup
-	$(PY) -m wafersage_utils.pipeline params/smoke.yaml
+	$(PY) -m wafersage_utils.runner.pipeline params/smoke.yaml
 
 test: setup
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the tests that execute the smoke chain's notebooks (about 3 of the 7 minutes).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 bench: setup
 	$(PY) tests/benchmarks/bench_tiny_model.py
@@ -37,10 +41,12 @@ bench: setup
 RUN ?= results/default
 MODEL ?= sft
 serve: setup
-	$(PY) -m wafersage_utils.serve $(RUN) --model $(MODEL) --image-root $(RUN)/data
+	$(PY) -m wafersage_utils.serving $(RUN) --model $(MODEL) --image-root $(RUN)/data
 
+# Headless: prints the URL with its token instead of opening a browser; as root (containers) it needs --allow-root.
+LAB_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ --no-browser $(LAB_ROOT)
 
 clean-venv:
 	rm -rf $(VENV)

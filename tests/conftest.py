@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wafersage_utils import loaders, pipeline, synth
+from wafersage_utils.maps import loaders, synth
+from wafersage_utils.runner import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 # No hub is reachable: the Auto classes must never try. Built tiny bases go to a per-session folder, not ~/.cache.
@@ -15,6 +16,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest_plugins = ["tests.chat_server"]  # the `server` fixture: a scripted OpenAI-compatible endpoint
+
+
+RUN_FIXTURES = {"smoke_run", "sft_run", "rl_run", "eval_run"}  # each executes notebooks of the smoke chain
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs a notebook run of the smoke chain is `slow`: `make test-fast` leaves those out."""
+    for item in items:
+        if RUN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def real_file(source: str) -> Path:

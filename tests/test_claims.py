@@ -3,8 +3,9 @@ patterns and contradicting causes are caught, and negated mentions are not claim
 import pytest
 
 from tests.test_synth import _one
-from wafersage_utils import claims, describe, facts, knowledge
-from wafersage_utils.conventions import label_key
+from wafersage_utils.corpus import claims, describe, knowledge
+from wafersage_utils.maps import facts
+from wafersage_utils.maps.conventions import label_key
 
 KB = knowledge.load_knowledge()
 

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wafersage_utils import classify, cleaning, features, splits
-from wafersage_utils.conventions import label_key
+from wafersage_utils.maps import classify, cleaning, features, splits
+from wafersage_utils.maps.conventions import label_key
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wafersage_utils.conventions import (clock_hour, clock_sector, check_labels, label_key, polar, zone_index)
+from wafersage_utils.maps.conventions import check_labels, clock_hour, clock_sector, label_key, polar, zone_index
 
 
 def test_clock_positions_follow_a_watch_face():

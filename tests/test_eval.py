@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from tests.chat_server import last_user_text
-from wafersage_utils import alignment, errors, evaluation, judge, llm
-from wafersage_utils.knowledge import load_knowledge
-from wafersage_utils.scoring import RuleParams, rule_score, term_match
+from wafersage_utils.chat import llm
+from wafersage_utils.corpus.knowledge import load_knowledge
+from wafersage_utils.corpus.scoring import RuleParams, rule_score, term_match
+from wafersage_utils.evaluation import alignment, classification, judge, taxonomy
 
 RUBRIC = {"spatial": {"must_hit": ["center"], "must_avoid": ["edge"]},
           "morphology": {"must_hit": ["round blob"], "must_avoid": []}}
@@ -140,14 +141,14 @@ def test_alignment_finds_a_known_optimum_and_reports_held_out_rho():
 def test_classification_view_by_hand():
     true = [["Loc"], ["Loc"], ["Scratch"], ["Center", "Loc"], ["none"]]
     pred = [["Loc"], ["Scratch"], ["Scratch"], ["Center"], []]
-    c = evaluation.classification(true, pred)
+    c = classification.classification(true, pred)
     assert c["accuracy"] == 0.5 and c["accuracy_mixed"] == 0.0 and c["unparsed_share"] == 0.2
     assert c["recall/Loc"] == pytest.approx(1 / 3) and c["recall/Scratch"] == 1.0 and c["recall/none"] == 0.0
     # per label F1 over present labels: Center 1, Loc 2/(2+0+2)=... computed by sklearn on the indicator matrix
     f1 = {"Center": 1.0, "Loc": 2 * 1 / (2 * 1 + 0 + 2), "Scratch": 2 / 3, "none": 0.0}
     assert c["macro_f1"] == pytest.approx(np.mean(list(f1.values())))
-    conf = evaluation.confusion(true, pred)
-    assert conf.loc["Loc", "Scratch"] == 1 and conf.loc["none", evaluation.UNPARSED] == 1
+    conf = classification.confusion(true, pred)
+    assert conf.loc["Loc", "Scratch"] == 1 and conf.loc["none", classification.UNPARSED] == 1
     assert "Center" not in conf.index  # mixed wafers are not in the single-label matrix
 
 
@@ -155,13 +156,13 @@ def test_type_table_intervals_bracket_the_estimate_and_names_are_kept():
     types = pd.DataFrame({"wafer_id": [f"w{i}" for i in range(40)],
                           "labels": [["Loc"] if i % 2 else ["Scratch"] for i in range(40)]})
     model = [["Loc"] if i % 4 == 1 else ["Scratch"] for i in range(40)]  # right on 30 of 40
-    table, m = evaluation.type_table(types, {"sft": model, "majority": evaluation.majority_labels(["Scratch"], 40)},
+    table, m = classification.type_table(types, {"sft": model, "majority": classification.majority_labels(["Scratch"], 40)},
                                      n_resamples=300)
     assert m["sft/type_accuracy"] == 0.75 and m["majority/type_accuracy"] == 0.5
     assert m["sft/type_accuracy_ci_low"] < 0.75 < m["sft/type_accuracy_ci_high"]
     assert m["sft/type_macro_f1_ci_low"] <= m["sft/type_macro_f1"] <= m["sft/type_macro_f1_ci_high"]
     assert list(table.index) == ["sft", "majority"]
-    assert evaluation.labels_of_key("Center+Loc") == ["Center", "Loc"] and evaluation.labels_of_key(float("nan")) == []
+    assert classification.labels_of_key("Center+Loc") == ["Center", "Loc"] and classification.labels_of_key(float("nan")) == []
 
 
 # --- error taxonomy --------------------------------------------------------------------------------------
@@ -175,22 +176,22 @@ def _facts():
 
 def test_error_taxonomy_on_hand_made_answers():
     f, kb = _facts(), load_knowledge()
-    e = errors.answer_errors("This wafer map shows a center and scratch defect pattern.", "defect_type", ["Center"], f, kb)
+    e = taxonomy.answer_errors("This wafer map shows a center and scratch defect pattern.", "defect_type", ["Center"], f, kb)
     assert e["over_splitting"] is True and e["missed_pattern"] is False
-    e = errors.answer_errors("This wafer map shows no systematic defect pattern.", "defect_type", ["Center"], f, kb,
+    e = taxonomy.answer_errors("This wafer map shows no systematic defect pattern.", "defect_type", ["Center"], f, kb,
                              subtle=True)
     assert e["missed_pattern"] is True and e["missed_subtle"] is True and e["over_splitting"] is False
-    e = errors.answer_errors("The failures cluster at the edge around 3 o'clock.", "spatial", ["Center"], f, kb)
+    e = taxonomy.answer_errors("The failures cluster at the edge around 3 o'clock.", "spatial", ["Center"], f, kb)
     assert e["hallucinated_location"] is True and e["wrong_root_cause"] is None and e["evidence"]
-    e = errors.answer_errors("The failures cluster at the center; the edge is clear.", "spatial", ["Center"], f, kb)
+    e = taxonomy.answer_errors("The failures cluster at the center; the edge is clear.", "spatial", ["Center"], f, kb)
     assert e["hallucinated_location"] is False
-    rates = errors.error_rates(pd.DataFrame([
-        errors.answer_errors("It shows a center pattern.", "defect_type", ["Center"], f, kb),
-        errors.answer_errors("It shows a scratch and center pattern.", "defect_type", ["Center"], f, kb)]))
-    e = errors.answer_errors("The likely cause is an edge bead removal fault.", "root_cause",
+    rates = taxonomy.error_rates(pd.DataFrame([
+        taxonomy.answer_errors("It shows a center pattern.", "defect_type", ["Center"], f, kb),
+        taxonomy.answer_errors("It shows a scratch and center pattern.", "defect_type", ["Center"], f, kb)]))
+    e = taxonomy.answer_errors("The likely cause is an edge bead removal fault.", "root_cause",
                              ["Center"], f, kb)
     assert e["wrong_root_cause"] is True, e["evidence"]
-    e = errors.answer_errors("Check the spin-coat or chuck center effect.", "root_cause", ["Center"], f, kb)
+    e = taxonomy.answer_errors("Check the spin-coat or chuck center effect.", "root_cause", ["Center"], f, kb)
     assert e["wrong_root_cause"] is False
     assert rates["over_splitting_rate"] == 0.5 and rates["over_splitting_n"] == 2 and rates["wrong_root_cause_n"] == 0
 
@@ -203,7 +204,8 @@ def test_openai_answer_backend_sends_image_and_question_and_caches(server, tmp_p
 
     from PIL import Image
 
-    from wafersage_utils import backends, inference
+    from wafersage_utils.chat import backends
+    from wafersage_utils.evaluation import inference
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="PNG")
     rows = pd.DataFrame({"question": ["What type of defect pattern is visible?", "Where are the failures?"],
@@ -222,7 +224,7 @@ def test_openai_answer_backend_sends_image_and_question_and_caches(server, tmp_p
 
 
 def test_answer_backend_refusals_are_clear():
-    from wafersage_utils import backends
+    from wafersage_utils.chat import backends
     with pytest.raises(ValueError, match="expected one of"):
         backends.make_chat("tgi", "m", Path("."))
     with pytest.raises(ValueError, match="needs a base_url"):
@@ -237,16 +239,17 @@ def test_answer_backend_refusals_are_clear():
 def test_read_shape_reads_back_every_pre_training_answer():
     """The parser and the base's pre-training wording must agree: the answer visual_questions teaches for each
     generated map reads back as the shape the facts measured (scattered maps: 'none')."""
-    from wafersage_utils import inference, models
-    from wafersage_utils.corpus import main_shape
-    from wafersage_utils.describe import _rng
-    from wafersage_utils.facts import measure
-    from wafersage_utils.synth import SynthConfig, generate
+    from wafersage_utils.corpus.describe import seeded_rng
+    from wafersage_utils.corpus.tables import main_shape
+    from wafersage_utils.evaluation import inference
+    from wafersage_utils.maps.facts import measure
+    from wafersage_utils.maps.synth import SynthConfig, generate
+    from wafersage_utils.training import models
     maps = generate(SynthConfig(n_wafers=150, seed=5, mixed_fraction=0.1, label_noise=0.0))
     seen = set()
     for i, m in enumerate(maps["wafer_map"]):
         f = measure(m)
-        asked = dict(models.visual_questions(f, _rng(f"t{i}", 0)))
+        asked = dict(models.visual_questions(f, seeded_rng(f"t{i}", 0)))
         answer = asked[inference.SHAPE_QUESTION]
         expected = main_shape(f).replace("scattered", "none")
         assert inference.read_shape(answer) == expected, (answer, expected)
@@ -261,12 +264,12 @@ def test_read_shape_reads_back_every_pre_training_answer():
     ("The failures outline a cluster during the test.", ""), ("", ""),
 ])
 def test_read_shape_by_hand(answer, shape):
-    from wafersage_utils import inference
+    from wafersage_utils.evaluation import inference
     assert inference.read_shape(answer) == shape
 
 
 def test_shape_reading_asks_the_shape_question_and_scores_by_label(tmp_path):
-    from wafersage_utils import inference
+    from wafersage_utils.evaluation import inference
 
     class Scripted:  # answers by the image bytes it is shown
         name = "scripted"

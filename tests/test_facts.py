@@ -4,8 +4,8 @@ import pytest
 from PIL import Image
 
 from tests.test_synth import _one
-from wafersage_utils import facts, render, synth
-from wafersage_utils.conventions import PALETTE
+from wafersage_utils.maps import facts, render, synth
+from wafersage_utils.maps.conventions import PALETTE
 
 
 def test_scratch_from_2_to_8_oclock_is_reported_there():

@@ -1,8 +1,8 @@
 """Vectorised features equal the plain per-map computation, and describe geometry sensibly."""
 import numpy as np
 
-from wafersage_utils import features
-from wafersage_utils.conventions import FAIL, NO_DIE, PASS, die_coordinates
+from wafersage_utils.maps import features
+from wafersage_utils.maps.conventions import FAIL, NO_DIE, PASS, die_coordinates
 
 
 def _names():
@@ -71,5 +71,5 @@ def test_thin_scratch_survives_a_noisy_background():
     m[(r <= 1) & (rng.random(m.shape) < 0.12)] = FAIL
     line = (np.abs(x - y) < 0.03) & (r < 0.8)  # one-die diagonal line
     m[line] = FAIL
-    filt = features._filtered_fails((m == FAIL)[None], np.array([(m == FAIL).sum() / (m > 0).sum()]))[0]
+    filt = features.filtered_fails((m == FAIL)[None], np.array([(m == FAIL).sum() / (m > 0).sum()]))[0]
     assert filt[line].mean() > 0.8 and filt[~line & (m == FAIL)].mean() < 0.25

@@ -7,8 +7,11 @@ import pytest
 import torch
 
 from tests.test_synth import _one
-from wafersage_utils import claims, facts, knowledge, llm, render, teacher, tiny_vlm
-from wafersage_utils.hf_chat import HFChat, _to_hf_messages
+from wafersage_utils.chat import llm
+from wafersage_utils.chat.hf_chat import HFChat, to_hf_messages
+from wafersage_utils.corpus import claims, knowledge, teacher
+from wafersage_utils.maps import facts, render
+from wafersage_utils.training import tiny_vlm
 
 ANSWER = "Failures cluster at the edge around 3 o'clock."
 KB = knowledge.load_knowledge()
@@ -58,7 +61,7 @@ def test_openai_messages_become_hf_messages_with_images():
     png.save(buf, format="PNG")
     req = llm.build_request(llm.ChatSettings(model="x"), "sys", "where?", buf.getvalue(),
                             follow_up=[{"role": "assistant", "content": "edge"}])
-    conv, images = _to_hf_messages(req["messages"])
+    conv, images = to_hf_messages(req["messages"])
     assert [c["role"] for c in conv] == ["system", "user", "assistant"]
     assert conv[1]["content"] == [{"type": "image"}, {"type": "text", "text": "where?"}]
     assert len(images) == 1 and images[0].size == (32, 32) and images[0].mode == "RGB"
@@ -117,7 +120,8 @@ def test_stage_02_with_the_hf_backend(parrot, smoke_run, tmp_path):
     import shutil
 
     from tests.conftest import ROOT
-    from wafersage_utils import corpus, pipeline
+    from wafersage_utils.corpus import tables
+    from wafersage_utils.runner import pipeline
     (tmp_path / "hf" / "data").mkdir(parents=True)
     shutil.copy(smoke_run / "data" / "maps.parquet", tmp_path / "hf" / "data" / "maps.parquet")
     sets = ["02_describe.backend=hf", f"02_describe.model={parrot}", "02_describe.max_tokens=24",
@@ -125,7 +129,7 @@ def test_stage_02_with_the_hf_backend(parrot, smoke_run, tmp_path):
     run = pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="02", run_name="hf", overrides=sets,
                                 results_dir=tmp_path)
     m = json.loads((run / "metrics" / "02_describe.json").read_text())
-    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    desc = tables.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
     assert m["n_maps"] == len(desc) == 12 and m["requests_sent"] == 4 * len(desc)
     assert (desc["spatial"] == ANSWER).all()
     # Every map gets "edge around 3 o'clock": a hallucination exactly where the facts show no such failures.
@@ -140,8 +144,8 @@ def test_trl_trainers_accept_the_vqa_exports(parrot, tmp_path):
     import pandas as pd
     from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-    from wafersage_utils import describe, exports, vqa
-    from wafersage_utils.rubric import rules_rubric
+    from wafersage_utils.corpus import describe, exports, vqa
+    from wafersage_utils.corpus.rubric import rules_rubric
     m, _ = _one("Edge-Loc", angle=90.0, span=60.0, depth=0.3, density=1.0)
     f = facts.measure(m)
     d = describe.grounded_description("w0", ["Edge-Loc"], f, KB, 0)

@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from wafersage_utils.conventions import VOCAB
-from wafersage_utils.knowledge import DEFAULT_KB, load_knowledge
+from wafersage_utils.corpus.knowledge import DEFAULT_KB, load_knowledge
+from wafersage_utils.maps.conventions import VOCAB
 
 
 def test_default_knowledge_base_covers_the_vocabulary():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.chat_server import body
-from wafersage_utils import llm
+from wafersage_utils.chat import llm
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from wafersage_utils import corpus, table
-from wafersage_utils.params import notebook_parameters
+from wafersage_utils.corpus import tables
+from wafersage_utils.maps import table
+from wafersage_utils.runner.params import notebook_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -59,15 +60,15 @@ def test_stages_02_and_03_with_smoke_params(smoke_run):
     m2 = json.loads((run / "metrics" / "02_describe.json").read_text())
     assert m2["n_maps"] == n_sampled > 50 and m2["n_quarantined"] == 0  # the grounded teacher never contradicts
     assert m2["hallucination/zone/claims"] > 0 and m2["hallucination/descriptions_rate"] == 0
-    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
-    facts = corpus.read_corpus(run / "data" / "facts.parquet", "facts")
+    desc = tables.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    facts = tables.read_corpus(run / "data" / "facts.parquet", "facts")
     assert len(desc) == len(facts) == n_sampled and (desc["full"].str.len() > 40).all()
     assert all((run / p).exists() for p in desc["image"])
     assert all(json.loads(s)["defect_types"] for s in desc["structured"])
     m3 = json.loads((run / "metrics" / "03_rubrics.json").read_text())
     assert m3["n_rubrics"] == n_sampled and m3["terms/hit_avoid_clashes"] == 0
     assert m3["check/own_score_mean"] > 0.85 and m3["check/auc"] > 0.9
-    rub = corpus.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
+    rub = tables.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
     assert (rub["spatial_must_hit"].map(len) + rub["morphology_must_hit"].map(len) > 0).all()
     figs = {p.name for p in (run / "figures").glob("*.png")}
     assert {"fig_fact_distributions.png", "fig_examples_with_descriptions.png", "fig_quarantine_reasons.png",
@@ -78,12 +79,12 @@ def test_stages_02_and_03_with_smoke_params(smoke_run):
 def test_stage_04_with_smoke_params(smoke_run):
     from datasets import load_from_disk
 
-    from wafersage_utils import exports
+    from wafersage_utils.corpus import exports
     run = smoke_run
     m = json.loads((run / "metrics" / "04_vqa.json").read_text())
     assert m["leaking_questions"] == 0 and m["split/wafers_in_two_splits"] == 0 and m["split/lots_in_two_splits"] == 0
     assert m["templates/card_prompts_asked"] == 4 and m["templates/distinct"] >= 20
-    qa = corpus.read_corpus(run / "data" / "vqa.parquet", "vqa")
+    qa = tables.read_corpus(run / "data" / "vqa.parquet", "vqa")
     per_wafer = qa.groupby("wafer_id").size()
     assert per_wafer.between(7, 9).all() and len(qa) == m["n_pairs"] == m["n_pairs_generated"] - m["dropped/total"]
     assert set(qa["category"]) == {"defect_type", "spatial", "morphology", "root_cause", "consistency"}
@@ -192,7 +193,7 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
     scores = pd.read_csv(run / "tables" / "eval_scores.csv")
     assert list(scores["model"]) == ["base", "sft", "rl"]
     # the README table comes from this run's metrics
-    from wafersage_utils import report
+    from wafersage_utils.evaluation import report
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
     report.refresh_readme(run, readme)
@@ -200,8 +201,26 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
     assert f"| rl | {m['rl/rule_score']:.3f}" in text and "07_eval" in text
     # --only 07 again: answers come from the cache, the numbers are the same
-    from wafersage_utils import pipeline
+    from wafersage_utils.runner import pipeline
     pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="07", results_dir=run.parent, force=True)
     again = json.loads((run / "metrics" / "07_eval.json").read_text())
     for key in ("rl/rule_score", "sft/judge_score", "alignment/spearman_after", "errors/rl/over_splitting_rate"):
         assert again[key] == m[key] or (again[key] != again[key] and m[key] != m[key]), key
+
+
+@pytest.mark.slow
+def test_smoke_metrics_match_the_snapshot(eval_run):
+    """Every numeric metric of the smoke chain (01 to 07) against tests/fixtures/smoke_metrics.json."""
+    from tests import snapshot
+    diff = snapshot.check(eval_run)
+    assert diff == {}, (f"{len(diff)} metrics differ from the snapshot (snapshot, now); if the change is meant, "
+                        f"rerun with WAFERSAGE_UPDATE_SNAPSHOT=1 and commit the fixture: {diff}")
+
+
+def test_snapshot_comparison_flags_moves_and_missing_keys():
+    from tests import snapshot
+    old = {"a:n": 100, "a:share": 0.5, "a:loss": 10.0, "a:gone": 1, "a:nan": float("nan")}
+    new = {"a:n": 101, "a:share": 0.53, "a:loss": 10.4, "a:new": 2, "a:nan": float("nan")}
+    assert snapshot.differences(old, new) == {"a:gone": (1, "<absent>"), "a:new": ("<absent>", 2)}
+    new |= {"a:n": 110, "a:share": 0.6, "a:loss": 11.0}
+    assert set(snapshot.differences(old, new)) == {"a:gone", "a:new", "a:n", "a:share", "a:loss"}

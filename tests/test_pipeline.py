@@ -6,8 +6,8 @@ import nbformat
 import pytest
 import yaml
 
-from wafersage_utils import pipeline
-from wafersage_utils.params import ParamsError, apply_overrides, check_params, notebook_parameters, type_matches
+from wafersage_utils.runner import pipeline
+from wafersage_utils.runner.params import ParamsError, apply_overrides, check_params, notebook_parameters, type_matches
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def _notebook(path: Path, params_src: str, body: str) -> Path:
 
 
 WRITE_METRICS = (
-    "from wafersage_utils.runs import open_stage\n"
+    "from wafersage_utils.runner.runs import open_stage\n"
     "stage = open_stage(run_dir, STEM, seed, 1)\n"
     "stage.write_metrics({'value': value * 2, 'seed': seed})\n")
 
@@ -134,7 +134,7 @@ def test_every_shipped_params_file_checks_against_the_notebooks():
     files = sorted((ROOT / "params").glob("*.yaml"))
     assert {f.stem for f in files} >= {"smoke", "default", "paper", "wm811k"}
     for f in files:
-        from wafersage_utils.params import load_params
+        from wafersage_utils.runner.params import load_params
         check_params(load_params(f), declared, str(f))
 
 
@@ -169,7 +169,7 @@ def test_git_state_ignores_run_folders_but_not_code(tmp_path):
     """A rerun rewrites the committed reference run under results/: the tree that made it is still clean."""
     import subprocess
 
-    from wafersage_utils.runs import git_state
+    from wafersage_utils.runner.runs import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -4,7 +4,8 @@ import json
 import pandas as pd
 import pytest
 
-from wafersage_utils import rewards
+from wafersage_utils.corpus.rubric import rubric_of
+from wafersage_utils.training import rewards
 
 RUBRIC = json.dumps({"spatial": {"must_hit": ["edge", "ring"], "must_avoid": ["center"]}})
 
@@ -48,7 +49,7 @@ def test_rubric_reward_rejects_missing_or_bad_rubric():
     with pytest.raises(ValueError, match="rubric"):
         rewards.RubricReward()(completions=["x"])
     with pytest.raises(ValueError, match="expected a JSON object"):
-        rewards.rubric_of("[]")
+        rubric_of("[]")
 
 
 def _rows(n=6):

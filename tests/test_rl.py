@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wafersage_utils import rl
+from wafersage_utils.training import rl
 
 
 def cfg(**kw):
@@ -67,7 +67,7 @@ def test_one_gspo_step_changes_the_adapter(sft_run, tmp_path):
     and the log carries the instruments: rewards, zero-variance share and clip fractions."""
     from safetensors.torch import load_file
 
-    from wafersage_utils import exports
+    from wafersage_utils.corpus import exports
     base = json.loads((sft_run / "models" / "base.json").read_text())["path"]
     adapter = sft_run / "models" / "sft" / "train" / "adapter"
     vqa = pd.read_parquet(sft_run / "data" / "vqa.parquet")

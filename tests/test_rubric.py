@@ -2,8 +2,8 @@
 import pytest
 from pydantic import ValidationError
 
-from wafersage_utils.rubric import Rubric, split_terms
-from wafersage_utils.scoring import rule_score
+from wafersage_utils.corpus.rubric import Rubric, split_terms
+from wafersage_utils.corpus.scoring import rule_score
 
 
 @pytest.mark.parametrize("text, terms", [
@@ -54,7 +54,8 @@ def test_reference_answer_scores_high_and_contradiction_low():
 
 
 def _generated_rows(n=120):
-    from wafersage_utils import describe, facts, knowledge, rubric, synth
+    from wafersage_utils.corpus import describe, knowledge, rubric
+    from wafersage_utils.maps import facts, synth
     kb = knowledge.load_knowledge()
     df = synth.generate(synth.SynthConfig(n_wafers=n, seed=3, mixed_fraction=0.1, label_noise=0.0))
     rows = []
@@ -91,7 +92,8 @@ def test_grounded_descriptions_claim_only_what_the_facts_show():
 
 
 def test_descriptions_are_seeded_and_varied():
-    from wafersage_utils import describe, facts, knowledge, synth
+    from wafersage_utils.corpus import describe, knowledge
+    from wafersage_utils.maps import facts, synth
     kb = knowledge.load_knowledge()
     df = synth.generate(synth.SynthConfig(n_wafers=60, seed=4, mixed_fraction=0.0, label_noise=0.0))
     outs = [describe.grounded_description(i, l, facts.measure(m), kb, 0)["full"]

@@ -1,7 +1,7 @@
 """The rule score: the paper's arithmetic, fuzzy hits, and negation handled both ways."""
 import pytest
 
-from wafersage_utils.scoring import RuleParams, clauses, dimension_score, rule_score, term_found
+from wafersage_utils.corpus.scoring import RuleParams, clauses, dimension_score, rule_score, term_found
 
 P = RuleParams()
 

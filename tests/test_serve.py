@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server (wafersage_utils.serve) with the tiny Qwen3-VL: the official `openai` client and
+"""The OpenAI-compatible server (wafersage_utils.serving) with the tiny Qwen3-VL: the official `openai` client and
 the model card's curl request get answers, streaming matches the whole answer, concurrent requests are batched
 without changing greedy answers, the queue bound answers 429, and every refusal is a 4xx with a JSON error."""
 import base64
@@ -15,7 +15,10 @@ import pytest
 from PIL import Image
 
 from tests.test_synth import _one
-from wafersage_utils import render, serve, tiny_vlm
+from wafersage_utils.maps import render
+from wafersage_utils.serving import cli, schema
+from wafersage_utils.serving import images as image_urls
+from wafersage_utils.training import tiny_vlm
 
 QUESTION = "What type of defect pattern is visible on this wafer map?"
 
@@ -52,10 +55,10 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def srv(model_dir, images):
-    cfg = serve.ServeConfig(model_path=str(model_dir), served_model_name="tiny", port=0, batch_size=8,
+    cfg = schema.ServeConfig(model_path=str(model_dir), served_model_name="tiny", port=0, batch_size=8,
                             image_root=str(images), max_tokens_limit=256, max_request_bytes=1 << 20,
                             max_image_pixels=512 * 512, n_threads=1)
-    with serve.BackgroundServer(cfg) as s:
+    with cli.BackgroundServer(cfg) as s:
         yield s
 
 
@@ -131,9 +134,9 @@ def test_concurrent_requests_are_batched_and_greedy_answers_do_not_change(client
 
 
 def test_requests_past_the_queue_bound_get_429_with_a_json_error(model_dir):
-    cfg = serve.ServeConfig(model_path=str(model_dir), served_model_name="tiny", port=0, batch_size=1, max_queue=1,
+    cfg = schema.ServeConfig(model_path=str(model_dir), served_model_name="tiny", port=0, batch_size=1, max_queue=1,
                             batch_wait_ms=0, n_threads=1)
-    with serve.BackgroundServer(cfg) as s:
+    with cli.BackgroundServer(cfg) as s:
         body = {"model": "tiny", "messages": _messages(_data_url(_png())), "max_tokens": 64, "temperature": 0}
         codes, bodies = [None] * 6, [None] * 6
         barrier = threading.Barrier(6)
@@ -223,17 +226,17 @@ def test_unknown_routes_and_methods_answer_json(srv):
 
 
 def test_local_paths_are_refused_without_an_image_root(model_dir, images):
-    cfg = serve.ServeConfig(model_path=str(model_dir), served_model_name="tiny", port=0, n_threads=1)
-    with pytest.raises(serve.RequestError, match="--image-root") as err:
-        serve.load_image(str(images / "wafer.png"), cfg)
+    cfg = schema.ServeConfig(model_path=str(model_dir), served_model_name="tiny", port=0, n_threads=1)
+    with pytest.raises(schema.RequestError, match="--image-root") as err:
+        image_urls.load_image(str(images / "wafer.png"), cfg)
     assert err.value.status == 400
 
 
 def test_remote_images_when_allowed_never_reach_private_addresses(model_dir):
-    cfg = serve.ServeConfig(model_path=str(model_dir), allow_remote_images=True)
+    cfg = schema.ServeConfig(model_path=str(model_dir), allow_remote_images=True)
     for url in ("http://127.0.0.1:9/x.png", "http://localhost/x.png", "http://169.254.169.254/latest"):
-        with pytest.raises(serve.RequestError, match="private address"):
-            serve.load_image(url, cfg)
+        with pytest.raises(schema.RequestError, match="private address"):
+            image_urls.load_image(url, cfg)
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -242,14 +245,14 @@ def test_a_remote_image_is_fetched_from_the_checked_address(monkeypatch, scheme)
     # must connect to the address that was checked (Host header and TLS name still the URL's), never resolve
     # again; a private first answer is refused before any connection.
     answers = iter([[(2, 1, 6, "", ("93.184.216.34", 0))], [(2, 1, 6, "", ("127.0.0.1", 0))]])
-    monkeypatch.setattr(serve.socket, "getaddrinfo", lambda host, port, *a, **k: next(answers))
+    monkeypatch.setattr(image_urls.socket, "getaddrinfo", lambda host, port, *a, **k: next(answers))
     seen = []
 
     def handler(request):
         seen.append(request)
         return httpx.Response(200, content=_png())
-    cfg = serve.ServeConfig(model_path="unused", allow_remote_images=True)
-    data = serve._download(f"{scheme}://wafers.example.org:8443/a.png?x=1", cfg, "image",
+    cfg = schema.ServeConfig(model_path="unused", allow_remote_images=True)
+    data = image_urls.download(f"{scheme}://wafers.example.org:8443/a.png?x=1", cfg, "image",
                            transport=httpx.MockTransport(handler))
     assert data == _png() and len(seen) == 1
     req = seen[0]
@@ -257,35 +260,35 @@ def test_a_remote_image_is_fetched_from_the_checked_address(monkeypatch, scheme)
         (scheme, "93.184.216.34", 8443, "/a.png", b"x=1")
     assert req.headers["host"] == "wafers.example.org:8443"
     assert req.extensions.get("sni_hostname") == ("wafers.example.org" if scheme == "https" else None)
-    with pytest.raises(serve.RequestError, match="private address"):  # the second answer, checked afresh
-        serve._download("http://wafers.example.org/a.png", cfg, "image", transport=httpx.MockTransport(handler))
+    with pytest.raises(schema.RequestError, match="private address"):  # the second answer, checked afresh
+        image_urls.download("http://wafers.example.org/a.png", cfg, "image", transport=httpx.MockTransport(handler))
     assert len(seen) == 1
 
 
 def test_a_remote_image_over_the_size_limit_is_refused(monkeypatch):
-    monkeypatch.setattr(serve.socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("93.184.216.34", 0))])
-    cfg = serve.ServeConfig(model_path="unused", allow_remote_images=True, max_image_bytes=100)
+    monkeypatch.setattr(image_urls.socket, "getaddrinfo", lambda *a, **k: [(2, 1, 6, "", ("93.184.216.34", 0))])
+    cfg = schema.ServeConfig(model_path="unused", allow_remote_images=True, max_image_bytes=100)
     big = httpx.MockTransport(lambda request: httpx.Response(200, content=b"x" * 1000))
-    with pytest.raises(serve.RequestError, match="download above 100 bytes") as err:
-        serve._download("http://wafers.example.org/a.png", cfg, "image", transport=big)
+    with pytest.raises(schema.RequestError, match="download above 100 bytes") as err:
+        image_urls.download("http://wafers.example.org/a.png", cfg, "image", transport=big)
     assert err.value.status == 413
     moved = httpx.MockTransport(lambda request: httpx.Response(302, headers={"location": "http://127.0.0.1/"}))
-    with pytest.raises(serve.RequestError, match="answered 302"):  # redirects are never followed
-        serve._download("http://wafers.example.org/a.png", cfg, "image", transport=moved)
+    with pytest.raises(schema.RequestError, match="answered 302"):  # redirects are never followed
+        image_urls.download("http://wafers.example.org/a.png", cfg, "image", transport=moved)
 
 
 def test_resolve_model_finds_a_run_folders_models(tmp_path, model_dir):
     run = tmp_path / "myrun"
     (run / "models" / "rl").mkdir(parents=True)
     os.symlink(model_dir, run / "models" / "rl" / "merged")
-    assert serve.resolve_model(str(run), "rl") == (str(run / "models" / "rl" / "merged"), "myrun-rl")
+    assert cli.resolve_model(str(run), "rl") == (str(run / "models" / "rl" / "merged"), "myrun-rl")
     with pytest.raises(FileNotFoundError, match=r"no exported 'sft' model.*\['rl'\]"):
-        serve.resolve_model(str(run), "sft")
-    assert serve.resolve_model(str(model_dir))[1] == "tiny-served"
+        cli.resolve_model(str(run), "sft")
+    assert cli.resolve_model(str(model_dir))[1] == "tiny-served"
 
 
 def test_the_console_command_serves_on_a_free_port(model_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "wafersage_utils.serve", str(model_dir), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-m", "wafersage_utils.serving", str(model_dir), "--port", "0",
                              "--served-model-name", "cli", "--threads", "1"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:

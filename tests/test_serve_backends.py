@@ -11,15 +11,17 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from wafersage_utils import corpus, pipeline, serve
+from wafersage_utils.corpus import tables
+from wafersage_utils.runner import pipeline
+from wafersage_utils.serving import cli, schema
 
 
 @pytest.fixture(scope="module")
 def served(sft_run):
     """The smoke run's exported SFT model behind the server, as `<run>-sft`."""
-    path, name = serve.resolve_model(str(sft_run), "sft")
-    cfg = serve.ServeConfig(model_path=path, served_model_name=name, port=0, batch_size=8, max_tokens_limit=256)
-    with serve.BackgroundServer(cfg) as srv:
+    path, name = cli.resolve_model(str(sft_run), "sft")
+    cfg = schema.ServeConfig(model_path=path, served_model_name=name, port=0, batch_size=8, max_tokens_limit=256)
+    with cli.BackgroundServer(cfg) as srv:
         yield srv, name
 
 
@@ -50,7 +52,7 @@ def test_describe_and_rubrics_through_the_server(smoke_run, served, tmp_path):
     # Four prompts per map; an empty reply is asked once more (the client's malformed-reply retry).
     assert engine.stats["rows"] - before == m2["requests_sent"] >= 4 * m2["n_maps"]
     assert engine.stats["max_batch"] > 1  # the stage's concurrent requests were batched
-    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    desc = tables.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
     # Every request was answered (no transport or HTTP error reached the stage) ...
     assert not desc["reason"].str.contains("Connection|Timeout|RateLimit|BadRequest|InternalServer|APIError").any()
     # ... and the tiny model's answers are bad: prose where the structured prompt asked for JSON, places that
@@ -72,7 +74,7 @@ def test_rubrics_through_the_server(smoke_run, served, tmp_path):
     # only newlines, an empty reply that the client retries once and never caches (a real endpoint's empty
     # reply is usually transient). A short prompt of our own gets prose back, which exercises the JSON check,
     # the repair turn, the quarantine and the cache.
-    prompts = yaml.safe_load((ROOT / "wafersage_utils" / "knowledge" / "prompts.yaml").read_text())
+    prompts = yaml.safe_load((ROOT / "wafersage_utils" / "corpus" / "data" / "prompts.yaml").read_text())
     prompts["rubric"] = "Rubric for this wafer map, as a JSON object: {spatial}"
     (tmp_path / "prompts.yaml").write_text(yaml.safe_dump(prompts))
     sets3 = ["03_rubrics.backend=openai", f"03_rubrics.base_url={srv.url}", f"03_rubrics.model={name}",
@@ -82,7 +84,7 @@ def test_rubrics_through_the_server(smoke_run, served, tmp_path):
     m3 = _metrics(run, "03_rubrics")
     assert m3["requests_sent"] > 0 and engine.stats["rows"] - before == m3["requests_sent"]
     # It writes prose where the rubric's JSON was asked for: repaired once, then quarantined with the reason.
-    rub = corpus.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
+    rub = tables.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
     assert m3["n_repaired"] > 0 and rub["quarantined"].all() and rub["reason"].str.len().gt(0).all()
     # Now and then an empty reply (see above), on the first turn or the repair turn; how many depends on how
     # the concurrent requests happened to be batched.

@@ -8,7 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from wafersage_utils import answers, models, render, sft, synth, tiny_vlm
+from wafersage_utils.evaluation import answers
+from wafersage_utils.maps import render, synth
+from wafersage_utils.training import models, sft, tiny_vlm
 
 SPEC = tiny_vlm.TinySpec(image_size=32, vocab_size=1024)
 PRE = models.PretrainSettings(epochs=1.0, batch_size=8, image_size=32)
@@ -154,7 +156,7 @@ def test_encoded_examples_batch_exactly_as_trls_collator(base, maps):
     from trl.chat_template_utils import get_training_chat_template
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-    from wafersage_utils.batches import PaddedCollator, encode
+    from wafersage_utils.training.batches import PaddedCollator, encode
     processor = AutoProcessor.from_pretrained(base[0])
     template = get_training_chat_template(processor)
     images, captions, prompts = models.caption_corpus(maps, 32, 0)  # a map's image serves three examples
@@ -267,7 +269,7 @@ def test_accelerate_launch_command():
     cmd = sft.launch_command("cfg.json", 4, "bf16", "params/accelerate/deepspeed_zero2.yaml")
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[cmd.index("--num_processes") + 1] == "4"
     assert cmd[cmd.index("--config_file") + 1] == "params/accelerate/deepspeed_zero2.yaml"
-    assert cmd[-3:] == ["-m", "wafersage_utils.sft", "cfg.json"] and "--multi_gpu" not in cmd
+    assert cmd[-3:] == ["-m", "wafersage_utils.training.sft", "cfg.json"] and "--multi_gpu" not in cmd
     assert "--multi_gpu" in sft.launch_command("cfg.json", 2)
 
 

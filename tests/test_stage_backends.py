@@ -9,7 +9,8 @@ import pytest
 
 from tests.chat_server import last_user_text
 from tests.conftest import ROOT
-from wafersage_utils import corpus, pipeline
+from wafersage_utils.corpus import tables
+from wafersage_utils.runner import pipeline
 
 
 def responder(request):
@@ -50,14 +51,14 @@ def test_openai_backends_end_to_end_with_resume(smoke_run, tmp_path, server):
     run, m2, _ = _run(tmp_path, url, only="02")  # the server fails after n_ok answers
     n = m2["n_maps"]
     assert m2["requests_sent"] == 4 * n and len(script.requests) == 4 * n
-    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    desc = tables.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
     failed = desc["reason"].str.startswith("request:")
     assert failed.sum() >= n - n_ok // 4 and "400" in desc.loc[failed, "reason"].iloc[0]
 
     url2, script2 = server([], responder=responder)  # the server is healthy again: rerun resumes
     run, m2, m3 = _run(tmp_path, url2, force=True)
     assert m2["requests_sent"] == 4 * n - n_ok == len(script2.requests) - m3["requests_sent"]
-    desc = corpus.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
+    desc = tables.read_corpus(run / "data" / "descriptions.parquet", "descriptions")
     assert not desc["reason"].str.startswith("request:").any()
     # Every map is told it has failures at the edge around 6 o'clock: maps without them are quarantined.
     assert 0 < m2["hallucination/zone/rate"] < 1 and 0 < m2["hallucination/descriptions_rate"] < 1
@@ -65,7 +66,7 @@ def test_openai_backends_end_to_end_with_resume(smoke_run, tmp_path, server):
     assert m2["hallucination/root_cause/contradicted"] > 0  # clamp ring contact claimed on center maps
     assert desc["quarantined"].sum() == round(m2["hallucination/descriptions_rate"] * n)
     assert desc.loc[desc["quarantined"], "reason"].str.contains("zone: failures claimed at the edge|clock: 6|pattern: Scratch|root_cause: cause 'clamp ring").all()
-    rub = corpus.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
+    rub = tables.read_corpus(run / "data" / "rubrics.parquet", "rubrics")
     assert len(rub) == m3["n_input"] == (~desc["quarantined"]).sum() and m3["n_rubrics"] == len(rub)
     spatial_avoid = rub["spatial_must_avoid"].map(list)
     assert not spatial_avoid.map(lambda a: "edge" in a).any()  # every kept map has edge failures: grounded away
@@ -77,5 +78,5 @@ def test_openai_backends_end_to_end_with_resume(smoke_run, tmp_path, server):
     pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="04", run_name="openai", overrides=sets, results_dir=tmp_path)
     m4 = json.loads((run / "metrics" / "04_vqa.json").read_text())
     assert m4["paraphrase/kept"] == m4["paraphrase/sent"] > 0 and m4["leaking_questions"] == 0
-    qa = corpus.read_corpus(run / "data" / "vqa.parquet", "vqa")
+    qa = tables.read_corpus(run / "data" / "vqa.parquet", "vqa")
     assert qa["question"].str.startswith("Tell me, ").sum() > 0.3 * len(qa)

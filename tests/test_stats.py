@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from wafersage_utils import stats
+from wafersage_utils.evaluation import stats
 
 
 def test_cluster_interval_mean_is_over_questions_and_interval_orders():

@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from wafersage_utils import synth
-from wafersage_utils.conventions import FAIL, clock_sector, label_key, polar, zone_index
+from wafersage_utils.maps import synth
+from wafersage_utils.maps.conventions import FAIL, clock_sector, label_key, polar, zone_index
 
 
 def _one(name: str, seed: int = 0, **geom) -> tuple[np.ndarray, dict]:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from tests.conftest import real_file
-from wafersage_utils import loaders, table
+from wafersage_utils.maps import loaders, table
 
 
 def _wm811k_frame(n=4):

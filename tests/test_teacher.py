@@ -6,8 +6,10 @@ import pytest
 
 from tests.chat_server import last_user_text
 from tests.test_synth import _one
-from wafersage_utils import facts, knowledge, llm, teacher
-from wafersage_utils.rubric import rules_rubric
+from wafersage_utils.chat import llm
+from wafersage_utils.corpus import knowledge, teacher
+from wafersage_utils.corpus.rubric import rules_rubric
+from wafersage_utils.maps import facts
 
 KB = knowledge.load_knowledge()
 PROMPTS = teacher.load_prompts()

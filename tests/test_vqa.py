@@ -6,8 +6,10 @@ import pandas as pd
 import pytest
 
 from tests.chat_server import last_user_text
-from wafersage_utils import describe, exports, facts, knowledge, llm, render, teacher, vqa
-from wafersage_utils.rubric import rules_rubric
+from wafersage_utils.chat import llm
+from wafersage_utils.corpus import describe, exports, knowledge, teacher, vqa
+from wafersage_utils.corpus.rubric import rules_rubric
+from wafersage_utils.maps import facts, render
 
 KB = knowledge.load_knowledge()
 

@@ -1,4 +1,4 @@
-"""Figures shared by the notebooks, all in the fixed palette of :data:`.conventions.PALETTE`."""
+"""Figures shared by the notebooks, all in the fixed palette of :data:`.maps.conventions.PALETTE`."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -7,7 +7,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.colors import ListedColormap
 
-from .conventions import PALETTE
+from .maps.conventions import PALETTE
 
 WAFER_CMAP = ListedColormap([np.array(c) / 255.0 for c in PALETTE])
 

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from wafersage_utils import features, loaders, synth
+from wafersage_utils.maps import features, loaders, synth
 
 
 def load_maps() -> tuple[list[np.ndarray], str]:

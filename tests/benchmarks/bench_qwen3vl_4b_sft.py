@@ -52,11 +52,11 @@ QUESTION = "What type of defect pattern is visible on this wafer map? Describe w
 
 def examples(n: int, size: int, seed: int):
     """n generated wafer maps at `size` px with a type answer and the spatial sentences of their facts."""
-    from wafersage_utils.describe import _rng
-    from wafersage_utils.facts import measure
-    from wafersage_utils.models import caption
-    from wafersage_utils.render import to_image
-    from wafersage_utils.synth import SynthConfig, generate
+    from wafersage_utils.corpus.describe import _rng
+    from wafersage_utils.maps.facts import measure
+    from wafersage_utils.maps.render import to_image
+    from wafersage_utils.maps.synth import SynthConfig, generate
+    from wafersage_utils.training.models import caption
     maps = generate(SynthConfig(n_wafers=n, seed=seed, mixed_fraction=0.0, label_noise=0.0))
     images, answers = [], []
     for i, (m, labels) in enumerate(zip(maps["wafer_map"], maps["labels"])):
@@ -72,7 +72,7 @@ def build_model_folder(out: Path, texts: list[str], size: int, shapes: dict = QW
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from wafersage_utils.tiny_vlm import TinySpec, build_processor, build_tokenizer
+    from wafersage_utils.training.tiny_vlm import TinySpec, build_processor, build_tokenizer
     tok = build_tokenizer(texts, vocab_size=4096)
     processor = build_processor(tok, TinySpec(patch=16, image_size=size))
     ids = tok.convert_tokens_to_ids
@@ -96,7 +96,7 @@ def build_model_folder(out: Path, texts: list[str], size: int, shapes: dict = QW
 def run_variant(name: str, model_dir: Path, dataset, mean_tokens: float, steps: int, workdir: Path, **kw) -> dict:
     import torch
 
-    from wafersage_utils import sft
+    from wafersage_utils.training import sft
     settings = dict(lora_r=16, lora_alpha=16, lora_dropout=0.0, lora_vision=True, learning_rate=2e-4,
                     lr_scheduler_type="linear", max_steps=steps, per_device_train_batch_size=2,
                     gradient_accumulation_steps=4, weight_decay=0.001, optim="adamw_8bit", max_length=2048, seed=3407,
@@ -133,9 +133,9 @@ def plain_loop(name: str, model_dir: Path, dataset, steps: int, batch: int) -> d
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl.chat_template_utils import get_training_chat_template
 
-    from wafersage_utils import sft
-    from wafersage_utils.batches import PaddedCollator, encode
-    from wafersage_utils.models import lora_targets
+    from wafersage_utils.training import sft
+    from wafersage_utils.training.batches import PaddedCollator, encode
+    from wafersage_utils.training.sft import lora_targets
     gpu = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if gpu else ("cpu", torch.float32)
     processor = AutoProcessor.from_pretrained(model_dir)
@@ -188,8 +188,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available() and not args.dry_run:
         print("needs a CUDA GPU (or --dry-run for the wiring on a CPU)", file=sys.stderr)
         return 2
-    from wafersage_utils import sft
-    from wafersage_utils.models import CAPTION_PROMPTS, caption_dataset
+    from wafersage_utils.training import sft
+    from wafersage_utils.training.models import CAPTION_PROMPTS, caption_dataset
     t0 = time.perf_counter()
     images, answers = examples(args.n, args.size, seed=1)
     dataset = caption_dataset(images, answers, [QUESTION] * len(images))

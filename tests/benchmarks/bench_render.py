@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from wafersage_utils import loaders, render, synth  # noqa: E402
+from wafersage_utils.maps import loaders, render, synth  # noqa: E402
 from wafersage_utils.plots import WAFER_CMAP  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def main() -> int:
         b = np.asarray(Image.open(tmp / "ours_0.png").convert("RGB"))
         agree = float((a == b).all(axis=2).mean())
     print(f"{len(maps)} maps at {args.size} px")
-    print(f"matplotlib: {len(maps) / t_mpl:,.1f} maps/s; wafersage_utils.render: {len(maps) / t_ours:,.1f} maps/s")
+    print(f"matplotlib: {len(maps) / t_mpl:,.1f} maps/s; wafersage_utils.maps.render: {len(maps) / t_ours:,.1f} maps/s")
     print(f"ratio: {t_mpl / t_ours:.1f}x (target >= 20x); same pixels on the first map: {agree:.1%}")
     return 0
 

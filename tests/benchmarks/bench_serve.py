@@ -2,7 +2,7 @@
 
     python tests/benchmarks/bench_serve.py [--model results/default] [--duration 20] [--max-tokens 32]
 
-Each configuration starts the server as its own process (`python -m wafersage_utils.serve --port 0`), so the
+Each configuration starts the server as its own process (`python -m wafersage_utils.serving --port 0`), so the
 clients (threads of this process, one HTTP connection each) never share an interpreter with it. Every client
 sends chat requests back to back for T seconds: one real WM-811K wafer map (../shared/data) as a PNG data URL
 and one of the model card's four questions, greedy. Printed per configuration: requests per second, completion
@@ -31,8 +31,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from wafersage_utils import loaders, render, serve, synth, tiny_vlm
-from wafersage_utils.vqa import CARD_PROMPTS
+from wafersage_utils.corpus.vqa import CARD_PROMPTS
+from wafersage_utils.maps import loaders, render, synth
+from wafersage_utils.serving import cli
+from wafersage_utils.training import tiny_vlm
 
 
 def wafer_urls(n: int, size: int) -> list[str]:
@@ -48,7 +50,7 @@ def wafer_urls(n: int, size: int) -> list[str]:
 
 
 def start_server(model: str, which: str, batch: int, queue: int, threads: int):
-    cmd = [sys.executable, "-m", "wafersage_utils.serve", model, "--model", which, "--port", "0", "--batch-size",
+    cmd = [sys.executable, "-m", "wafersage_utils.serving", model, "--model", which, "--port", "0", "--batch-size",
            str(batch), "--max-queue", str(queue), "--threads", str(threads), "--served-model-name", "bench"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
@@ -116,7 +118,7 @@ def main() -> int:
     args = ap.parse_args()
     tmp = tempfile.TemporaryDirectory()
     try:
-        model, _ = serve.resolve_model(args.model, args.which)
+        model, _ = cli.resolve_model(args.model, args.which)
         size = 64
     except FileNotFoundError:
         model, size = str(tiny_vlm.build_tiny_vlm(list(CARD_PROMPTS.values()) * 20, Path(tmp.name) / "tiny",

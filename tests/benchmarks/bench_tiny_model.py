@@ -28,23 +28,23 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from wafersage_utils import models, pipeline, sft, table
-from wafersage_utils.params import load_params, notebook_parameters, stage_parameters
+from wafersage_utils.maps import table
+from wafersage_utils.recipe import STAGES
+from wafersage_utils.runner import pipeline
+from wafersage_utils.training import models, sft
 
 ROOT = Path(__file__).resolve().parents[2]
 WARMUP_STEPS = 3
 
 
 def recipe(stem: str) -> dict:
-    """A stage's parameters in the default run: params/default.yaml over the notebook's own defaults."""
-    declared = notebook_parameters(ROOT / "notebooks" / f"{stem}.ipynb")
-    values = {k: p.default for k, p in declared.items()}
-    return values | stage_parameters(load_params(ROOT / "params" / "default.yaml"), stem, declared)
+    """A stage's settings in the default run: the recipe's defaults."""
+    return asdict(STAGES[stem]())
 
 
 def matmul_peak(n_threads: int) -> dict:
@@ -72,14 +72,14 @@ def flops_per_sample(model_dir: str, dataset, lora_cfg: sft.TrainConfig | None, 
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl.chat_template_utils import get_training_chat_template
 
-    from wafersage_utils.batches import PaddedCollator, encode
+    from wafersage_utils.training.batches import PaddedCollator, encode
     processor = AutoProcessor.from_pretrained(model_dir)
     enc, bank = encode(dataset.select(range(min(n, len(dataset)))), processor, get_training_chat_template(processor))
     collate = PaddedCollator(bank, processor.tokenizer.pad_token_id)
     model = AutoModelForImageTextToText.from_pretrained(model_dir).train()
     if lora_cfg is not None:
         model = get_peft_model(model, LoraConfig(r=lora_cfg.lora_r, lora_alpha=lora_cfg.lora_alpha,
-                                                 target_modules=models.lora_targets(lora_cfg.lora_vision),
+                                                 target_modules=sft.lora_targets(lora_cfg.lora_vision),
                                                  task_type="CAUSAL_LM"))
     total = 0
     for i in range(len(enc)):
@@ -110,8 +110,8 @@ def train_rate(cfg: sft.TrainConfig, dataset) -> dict:
 
 def answer_rate(model_dir: str, rows, run_dir: Path, batch_size: int, grouped: bool, max_tokens: int) -> dict:
     """Greedy answers per second with an empty cache."""
-    from wafersage_utils import inference
-    from wafersage_utils.hf_chat import HFChat
+    from wafersage_utils.chat.hf_chat import HFChat
+    from wafersage_utils.evaluation import inference
     with tempfile.TemporaryDirectory() as cache:
         chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=grouped)
         t0 = time.perf_counter()
@@ -124,8 +124,8 @@ def answer_flops(model_dir: str, rows, run_dir: Path, max_tokens: int, n: int = 
     """Mean FLOPs of generating one greedy answer alone (prefill and every decoding step)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from wafersage_utils import inference
-    from wafersage_utils.hf_chat import HFChat
+    from wafersage_utils.chat.hf_chat import HFChat
+    from wafersage_utils.evaluation import inference
     with tempfile.TemporaryDirectory() as cache:
         chat = HFChat(model_dir, Path(cache), batch_size=1)
         reqs = inference.requests_for(rows.head(n), run_dir, chat.name, max_tokens)

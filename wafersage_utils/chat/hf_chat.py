@@ -1,0 +1,148 @@
+"""The `hf` backend: a local transformers VLM (a path or hub name) answering OpenAI-format chat requests.
+
+Requests are the same dicts the remote client sends (:func:`.llm.build_request`); images arrive as PNG data
+URLs and are decoded back. Answers are greedy (or sampled at the request's temperature), generated in
+batches, and cached on disk under the same keys as remote answers, with the model named by its path and a
+fingerprint of its config and weight files, so retraining into the same folder does not reuse stale answers.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import logging
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning, truncation_of
+
+log = logging.getLogger("wafersage.hf_chat")
+
+
+def model_fingerprint(path: str) -> str:
+    """Path plus a hash of the config and weight files (hub names: the name). Files up to 256 MB are hashed
+    whole (a LoRA merge can change only bytes deep inside); bigger ones by size, modification time and head."""
+    p = Path(path)
+    if not p.is_dir():
+        return path
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+        st = f.stat()
+        h.update(f.name.encode())
+        h.update(str(st.st_size).encode())
+        with open(f, "rb") as fh:
+            if st.st_size <= 256 << 20:
+                h.update(fh.read())
+            else:
+                h.update(str(st.st_mtime_ns).encode())
+                h.update(fh.read(1 << 16))
+    return f"{path}@{h.hexdigest()[:12]}"
+
+
+def to_hf_messages(messages: list[dict]) -> tuple[list[dict], list]:
+    """OpenAI-format messages as transformers chat messages, and the PIL images in order."""
+    from PIL import Image
+    out, images = [], []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, str):
+            out.append({"role": m["role"], "content": [{"type": "text", "text": content}]})
+            continue
+        items = []
+        for part in content:
+            if part["type"] == "image_url":
+                data = part["image_url"]["url"].split(",", 1)[1]
+                images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                items.append({"type": "image"})
+            else:
+                items.append({"type": "text", "text": part["text"]})
+        out.append({"role": m["role"], "content": items})
+    return out, images
+
+
+def _text_length(request: dict) -> int:
+    """Characters of text in a request's messages (images excluded)."""
+    total = 0
+    for m in request["messages"]:
+        content = m["content"]
+        total += len(content) if isinstance(content, str) else sum(len(p.get("text", "")) for p in content)
+    return total
+
+
+class HFChat:
+    """Batched generation with a local image-text-to-text model, behind the ChatClient interface."""
+
+    def __init__(self, path: str, cache_dir: Path, batch_size: int = 64, device: str = "", length_grouped: bool = True):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
+        self.cache = ResponseCache(cache_dir)
+        self.n_requests, self.length_grouped = 0, length_grouped
+
+    def _generate(self, requests: list[dict]) -> list[str]:
+        import torch
+        convs, images = zip(*(to_hf_messages(r["messages"]) for r in requests))
+        texts = self.processor.apply_chat_template(list(convs), add_generation_prompt=True, tokenize=False)
+        flat = [im for ims in images for im in ims]
+        inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt").to(self.device)
+        temp = float(requests[0].get("temperature") or 0.0)
+        sampling = {}
+        if temp > 0:  # all explicit, as TRL's groups are: else transformers keeps the 50 likeliest tokens
+            cut = truncation_of(requests[0])  # (and a checkpoint's generation_config its own top_p)
+            sampling = {"do_sample": True, "temperature": temp, "top_k": cut["top_k"], "top_p": 1.0,
+                        "min_p": cut["min_p"] or None}
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, max_new_tokens=int(requests[0].get("max_tokens", 256)),
+                                      **(sampling or {"do_sample": False}))
+        return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def complete_many(self, requests: list[dict], desc: str = "hf", progress: bool = True) -> list[ChatResult]:
+        """Answers in request order; cached ones are not generated again."""
+        # A sampled request's key names the truncation it was sampled with (none, unless asked for).
+        keyed = [dict(r, model=self.name, **(truncation_of(r) if float(r.get("temperature") or 0) > 0 else {}))
+                 for r in requests]
+        keys = [cache_key(r) for r in keyed]
+        results: list[ChatResult | None] = [None] * len(requests)
+        todo = []
+        for i, k in enumerate(keys):
+            hit = self.cache.get(k)
+            if hit is not None:
+                results[i] = ChatResult(hit["text"], cached=True)
+            else:
+                todo.append(i)
+        # A batch shares its sampling settings: batches are cut within groups of equal settings.
+        groups: dict[tuple, list[int]] = {}
+        for i in todo:
+            r = requests[i]
+            groups.setdefault((r.get("max_tokens"), r.get("temperature"), *truncation_of(r).values()), []).append(i)
+        # Within a group, requests of similar text length share a batch: less padding, and answers of similar
+        # length, so a batch's generation stops soon after its own answers end.
+        if self.length_grouped:
+            groups = {k: sorted(g, key=lambda i: _text_length(requests[i])) for k, g in groups.items()}
+        batches = [g[s: s + self.batch_size] for g in groups.values() for s in range(0, len(g), self.batch_size)]
+        for idx in tqdm(batches, desc=desc, disable=not progress, mininterval=2.0):
+            t0 = time.perf_counter()
+            self.n_requests += len(idx)
+            try:
+                texts = self._generate([requests[i] for i in idx])
+            except Exception as exc:  # a failing batch is recorded per request, the stage goes on
+                log.warning("generation failed: %s", exc)
+                for i in idx:
+                    results[i] = ChatResult(None, f"{type(exc).__name__}: {exc}")
+                continue
+            dt = (time.perf_counter() - t0) / len(idx)
+            for i, text in zip(idx, texts):
+                text = strip_reasoning(text)
+                if text:
+                    self.cache.put(keys[i], {"text": text, "model": self.name})
+                    results[i] = ChatResult(text, seconds=dt)
+                else:
+                    results[i] = ChatResult(None, "empty generation", seconds=dt)
+        return results

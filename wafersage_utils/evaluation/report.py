@@ -1,0 +1,169 @@
+"""The write-up of stage 07: paper-style tables and figures from saved answers and scores, and the README's
+results table refreshed from a run (`python -m wafersage_utils.evaluation.report results/default`)."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from ..corpus.scoring import DIMENSIONS
+from ..runner.runs import PROJECT_ROOT, atomic_write_text
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def score_table(metrics: dict, models: list[str], judge_name: str) -> pd.DataFrame:
+    """Per model: rule score, judge score, type accuracy and macro-F1 on the test split, each with its interval."""
+    rows = []
+    for m in models:
+        row = {"model": m}
+        for key in ("rule_score", "judge_score", "type_accuracy", "type_macro_f1"):
+            v, lo, hi = (metrics.get(f"{m}/{key}{s}") for s in ("", "_ci_low", "_ci_high"))
+            row[key] = v
+            row[f"{key}_ci"] = f"[{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else ""
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["judge"] = judge_name
+    return out
+
+
+def dimension_table(rows: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Mean rule and judge score per model and rubric dimension (columns `<m>_rule_<d>`, `<m>_judge_<d>`)."""
+    out = []
+    for m in models:
+        rec = {"model": m}
+        for d in DIMENSIONS:
+            rec[f"rule_{d}"] = rows[f"{m}_rule_{d}"].mean()
+            rec[f"judge_{d}"] = rows[f"{m}_judge_{d}"].mean()
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def model_scores(table: pd.DataFrame, metrics: dict):
+    """Rule score (0-1) and judge score (0-10) per model with their 95% wafer-bootstrap intervals."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 2.8))
+    for ax, key, scale, title in ((axes[0], "rule_score", 1.0, "rule score"),
+                                  (axes[1], "judge_score", 10.0, f"judge score ({table.attrs.get('judge', '')})")):
+        ms = table["model"].tolist()
+        v = np.array([metrics.get(f"{m}/{key}", np.nan) for m in ms], float)
+        lo = np.array([metrics.get(f"{m}/{key}_ci_low", np.nan) for m in ms], float)
+        hi = np.array([metrics.get(f"{m}/{key}_ci_high", np.nan) for m in ms], float)
+        ax.barh(ms, v, xerr=np.nan_to_num(np.vstack([v - lo, hi - v])), color="#4393c3", capsize=3)
+        ax.set(xlim=(0, scale), title=f"{title}, test", xlabel="mean (95% interval over wafers)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def confusions(tables: dict[str, pd.DataFrame]):
+    """Row-normalised confusion matrices of single-pattern wafers, one panel per predictor."""
+    n = len(tables)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    for ax, (name, cm) in zip(axes[0], tables.items()):
+        norm = cm.div(cm.sum(axis=1).replace(0, 1), axis=0)
+        sns.heatmap(norm, annot=cm.values, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
+                    annot_kws={"fontsize": 6})
+        ax.set(title=name, xlabel="answered", ylabel="label")
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def alignment_scatter(rule_before, rule_after, judge, rho_before: float, rho_after: float, judge_name: str):
+    """Rule score against the judge on the held-out split, with the default and the fitted constants."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=True)
+    for ax, x, title in ((axes[0], rule_before, f"default constants: rho {rho_before:.3f}"),
+                         (axes[1], rule_after, f"fitted constants: rho {rho_after:.3f}")):
+        ax.scatter(x, judge, s=4, alpha=0.3, color="#2166ac")
+        ax.set(xlabel="rule score", title=title)
+    axes[0].set_ylabel(f"judge ({judge_name})")
+    fig.tight_layout()
+    return fig
+
+
+def error_rates(rates: pd.DataFrame):
+    """Error taxonomy: rate per category (rows) and model (columns)."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rates) + 1.2))
+    long = rates.reset_index(names="category").melt(id_vars="category", var_name="model", value_name="rate")
+    sns.barplot(data=long, y="category", x="rate", hue="model", ax=ax, errorbar=None)
+    ax.set(xlabel="share of the answers where the error is possible", ylabel="", xlim=(0, 1))
+    sns.move_legend(ax, "lower right", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def _cell(m: dict, key: str, digits: int = 3) -> str:
+    v, lo, hi = m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+    if v is None or not np.isfinite(v):
+        return "-"
+    ci = f" [{lo:.{digits}f}, {hi:.{digits}f}]" if lo is not None and np.isfinite(lo) else ""
+    return f"{v:.{digits}f}{ci}"
+
+
+def results_markdown(run_dir: Path) -> str:
+    """The README's results block: stage 07's headline table, paired differences, alignment, error rates and
+    the wall time per stage."""
+    m = json.loads((run_dir / "metrics" / "07_eval.json").read_text())
+    status = json.loads((run_dir / "status.json").read_text())
+    models = m["models"]
+    lines = [f"Test split: {m['n_test_questions']} questions on {m['n_test_wafers']} wafers; brackets are 95% "
+             f"intervals that resample wafers. Judge: {m['judge']} ({m['judge_kind']}).", "",
+             "| model | rule score | judge score (0-10) | type accuracy | type macro-F1 |", "|---|---|---|---|---|"]
+    rows = [(n, n) for n in models] + [("baseline", "classical baseline (stage 01)"), ("majority", "majority class")]
+    for key, label in rows:
+        lines.append(f"| {label} | {_cell(m, f'{key}/rule_score')} | {_cell(m, f'{key}/judge_score')} | "
+                     f"{_cell(m, f'{key}/type_accuracy')} | {_cell(m, f'{key}/type_macro_f1')} |")
+    pairs = sorted({k.split("/")[0] for k in m if "_minus_" in k.split("/")[0]})
+    if pairs:
+        lines += ["", "| paired difference | rule score (p) | judge score (p) | type accuracy McNemar p |",
+                  "|---|---|---|---|"]
+        for p in pairs:
+            lines.append(f"| {p.replace('_minus_', ' - ')} | {_cell(m, f'{p}/rule_score', 4)} "
+                         f"({m.get(f'{p}/rule_score_p', float('nan')):.2f}) | {_cell(m, f'{p}/judge_score')} "
+                         f"({m.get(f'{p}/judge_score_p', float('nan')):.2f}) | "
+                         f"{m.get(f'{p}/type_accuracy_test_mcnemar_p', float('nan')):.3f} |")
+    cats = sorted({k.split("/")[2][:-5] for k in m if k.startswith("errors/") and k.endswith("_rate")})
+    lines += ["", "| error rate | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [f"| {c.replace('_', ' ')} | " + " | ".join(_cell(m, f"errors/{n}/{c}_rate") for n in models) + " |"
+              for c in cats]
+    lines += ["", f"Alignment, Spearman of rule score and judge on test (fitted on validation): "
+              f"{m['alignment/spearman_before']:.3f} with the default constants, "
+              f"{m['alignment/spearman_after']:.3f} with the fitted ones.", "",
+              "| stage | wall time (s) |", "|---|---|"]
+    lines += [f"| {s} | {v.get('wall_s', float('nan')):.0f} |" for s, v in sorted(status["stages"].items())]
+    return "\n".join(lines)
+
+
+def refresh_readme(run_dir: Path, readme: Path) -> str:
+    """Replace the README's block between the results markers with the run's table (atomic write)."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} block to refresh")
+    block = (f"{README_START}\n<!-- made by: python -m wafersage_utils.evaluation.report {run_dir} -->\n"
+             f"{results_markdown(run_dir)}\n{README_END}")
+    new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.DOTALL)
+    atomic_write_text(readme, new)
+    return block
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Refresh the README's results table from a run folder.")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--readme", type=Path, default=PROJECT_ROOT / "README.md")
+    args = ap.parse_args(argv)
+    if not (args.run_dir / "metrics" / "07_eval.json").exists():
+        print(f"{args.run_dir}: no metrics/07_eval.json; run stage 07 first", file=sys.stderr)
+        return 2
+    print(refresh_readme(args.run_dir, args.readme))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Synthetic wafer-map generator: the embedded default data source.
+
+Wafers come in lots that share a die grid (one product), a background failure level and a dominant
+defect tendency. Each map is drawn from a per-die failure probability: a radially rising background
+combined with the fields of its patterns (per-die overlay, as in MixedWM38). Every pattern's geometry is
+kept, in the conventions of :mod:`wafersage_utils.maps.conventions`, so later stages can be tested against it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .conventions import FAIL, NO_DIE, NONE_LABEL, PASS, PATTERNS, WM811K_COUNTS, die_coordinates, label_key
+
+log = logging.getLogger(__name__)
+
+#: MixedWM38's mixtures: at most one of each group, 2 to 4 groups (13 + 12 + 4 = 29 combinations).
+MIX_GROUPS: tuple[tuple[str, ...], ...] = (("Center", "Donut"), ("Edge-Loc", "Edge-Ring"), ("Loc",), ("Scratch",))
+
+#: Realistic annotation confusions, used to inject label noise (the true label is kept).
+CONFUSIONS: dict[str, tuple[str, ...]] = {
+    "Center": ("Loc", "Donut"),
+    "Donut": ("Edge-Ring", "Center"),
+    "Edge-Loc": ("Edge-Ring", "Loc", NONE_LABEL),
+    "Edge-Ring": ("Edge-Loc", "Donut"),
+    "Loc": ("Center", "Edge-Loc", NONE_LABEL),
+    "Near-full": ("Random",),
+    "Scratch": ("Loc", NONE_LABEL),
+    "Random": ("Near-full", NONE_LABEL),
+    NONE_LABEL: ("Random", "Loc"),
+}
+
+
+#: Background failure level by class, relative to the lot's (median 0.08). Calibrated on the WM-811K
+#: development sample, whose median fail ratios are: none 0.15, Scratch 0.09, Edge-Ring 0.14, Loc 0.14,
+#: Edge-Loc 0.15, Center 0.25, Donut 0.26, Random 0.48, Near-full 0.90: defect-free maps carry more
+#: background failures than maps with a systematic pattern.
+BACKGROUND_FACTOR: dict[str, float] = {
+    NONE_LABEL: 1.3, "Scratch": 0.6, "Edge-Ring": 0.35, "Loc": 1.1, "Edge-Loc": 0.8, "Center": 1.3,
+    "Donut": 1.1, "Random": 1.0, "Near-full": 1.0,
+}
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What shapes a synthetic data set; every field is a notebook parameter."""
+
+    n_wafers: int = 2000
+    lot_size_min: int = 10
+    lot_size_max: int = 25
+    class_mix: str = "balanced"  # "balanced" or "natural" (WM-811K's labelled proportions)
+    mixed_fraction: float = 0.1  # share of maps carrying 2-4 overlaid patterns
+    label_noise: float = 0.1  # share of maps whose given label is a realistic confusion
+    lot_affinity: float = 0.5  # chance a wafer takes its lot's dominant pattern
+    median_side: float = 33.0  # dies across; WM-811K's median
+    seed: int = 0
+
+
+def class_probabilities(mix: str) -> dict[str, float]:
+    """Single-class probabilities for a class mix name."""
+    names = list(PATTERNS) + [NONE_LABEL]
+    if mix == "balanced":
+        return {n: 1.0 / len(names) for n in names}
+    if mix == "natural":
+        total = sum(WM811K_COUNTS.values())
+        return {n: WM811K_COUNTS[n] / total for n in names}
+    raise ValueError(f"class_mix: expected 'balanced' or 'natural', got {mix!r}")
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+def _angle_diff(a: np.ndarray, b: float) -> np.ndarray:
+    """Absolute angular difference in degrees, in [0, 180]."""
+    return np.abs((a - b + 180.0) % 360.0 - 180.0)
+
+
+def _clock_deg(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arctan2(x, y)) % 360.0
+
+
+def _draw_pattern(name: str, rng: np.random.Generator, lot: dict) -> dict:
+    """Random geometry of one pattern, in normalised wafer coordinates and clock degrees.
+
+    Sizes have a floor in dies (`lot["die"]` is one die in normalised units) so that a drawn pattern is
+    visible on small grids too: an invisible pattern would be label noise that nobody injected.
+    """
+    die = lot["die"]
+    g: dict = {"type": name, "density": float(rng.uniform(0.7, 0.97))}
+    if name == "Center":
+        g.update(cx=float(rng.normal(0, 0.05)), cy=float(rng.normal(0, 0.05)), radius=max(float(rng.uniform(0.15, 0.33)), 2.5 * die))
+    elif name == "Donut":
+        inner = float(rng.uniform(0.22, 0.42))
+        g.update(cx=float(rng.normal(0, 0.03)), cy=float(rng.normal(0, 0.03)), r_inner=inner,
+                 r_outer=inner + float(rng.uniform(0.13, 0.28)))
+    elif name == "Edge-Ring":
+        g.update(width=float(rng.uniform(1.0, 2.5)) * die)  # WM-811K edge rings are 1 to 2.5 dies wide
+    elif name == "Edge-Loc":
+        g.update(angle=float((lot["angle"] + rng.normal(0, 25)) % 360), span=float(rng.uniform(40, 120)),
+                 depth=max(float(rng.uniform(0.15, 0.35)), 2.5 * die))
+    elif name == "Loc":
+        rad, ang = float(rng.uniform(0.15, 0.65)), float(rng.uniform(0, 360))
+        a = max(float(rng.uniform(0.09, 0.2)), 2.0 * die)
+        g.update(cx=rad * np.sin(np.radians(ang)), cy=rad * np.cos(np.radians(ang)), a=a,
+                 b=max(a * float(rng.uniform(0.55, 1.0)), 1.5 * die), rotation=float(rng.uniform(0, 180)))
+    elif name == "Scratch":
+        g.update(_draw_scratch(rng, lot))
+    elif name == "Random":
+        g.update(density=float(rng.uniform(0.3, 0.6)))  # WM-811K Random maps: fail ratio 0.3 to 0.65
+    elif name == "Near-full":
+        g.update(density=float(rng.uniform(0.8, 0.97)))
+    return g
+
+
+def _draw_scratch(rng: np.random.Generator, lot: dict) -> dict:
+    """A curved thin line: start point, heading (clock degrees), length and signed curvature.
+
+    Redrawn (up to 20 times) until at least 80% of its length lies on the wafer.
+    """
+    length = max(float(rng.uniform(0.6, 1.5)), 10 * lot["die"])
+    heading = float((lot["scratch_heading"] + rng.normal(0, 30)) % 360)
+    curvature = float(rng.uniform(-1.2, 1.2))
+    for _ in range(20):
+        start_r, start_a = float(np.sqrt(rng.uniform(0.0, 0.5))), float(rng.uniform(0, 360))
+        # Centre the chord on the drawn point so that most of the line stays on the wafer.
+        x0 = start_r * np.sin(np.radians(start_a)) - 0.5 * length * np.sin(np.radians(heading))
+        y0 = start_r * np.cos(np.radians(start_a)) - 0.5 * length * np.cos(np.radians(heading))
+        g = {"x0": float(x0), "y0": float(y0), "heading": heading, "length": length, "curvature": curvature}
+        on_wafer = float((np.hypot(*scratch_points(g).T) <= 0.97).mean())
+        if on_wafer >= 0.8:
+            break
+    return g | {"width_dies": float(rng.uniform(0.7, 1.4)), "on_wafer": on_wafer,
+                "density": float(rng.uniform(0.75, 1.0))}
+
+
+def scratch_points(g: dict, n: int = 96) -> np.ndarray:
+    """Points (n, 2) along a scratch: an arc of constant curvature from (x0, y0) along `heading`."""
+    s = np.linspace(0.0, g["length"], n)
+    phi = np.radians(g["heading"]) + g["curvature"] * s  # heading in radians, clockwise from +y
+    ds = np.diff(s, prepend=0.0)
+    x = g["x0"] + np.cumsum(np.sin(phi) * ds)
+    y = g["y0"] + np.cumsum(np.cos(phi) * ds)
+    return np.stack([x, y], axis=1)
+
+
+def pattern_field(g: dict, x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Per-die failure probability (H, W) contributed by one pattern."""
+    name, dens = g["type"], g["density"]
+    r = np.hypot(x, y)
+    soft = 2.0 / max(height, width)  # about one die of soft edge
+    if name == "Center":
+        d = np.hypot(x - g["cx"], y - g["cy"])
+        return dens * _sigmoid((g["radius"] - d) / soft)
+    if name == "Donut":
+        d = np.hypot(x - g["cx"], y - g["cy"])
+        return dens * _sigmoid((d - g["r_inner"]) / soft) * _sigmoid((g["r_outer"] - d) / soft)
+    if name == "Edge-Ring":
+        return dens * _sigmoid((r - (1.0 - g["width"])) / soft)
+    if name == "Edge-Loc":
+        da = _angle_diff(_clock_deg(x, y), g["angle"])
+        taper = np.clip(1.0 - (da / (g["span"] / 2.0)) ** 2, 0.0, 1.0)  # deepest at the centre angle
+        return dens * _sigmoid((r - (1.0 - g["depth"] * np.sqrt(taper) - 1e-9)) / soft) * (taper > 0)
+    if name == "Loc":
+        t = np.radians(g["rotation"])
+        u = (x - g["cx"]) * np.cos(t) + (y - g["cy"]) * np.sin(t)
+        v = -(x - g["cx"]) * np.sin(t) + (y - g["cy"]) * np.cos(t)
+        d = np.sqrt((u / g["a"]) ** 2 + (v / g["b"]) ** 2)
+        return dens * _sigmoid((1.0 - d) * 2.0 * g["b"] / soft)  # plateau inside, half-die edge
+    if name == "Scratch":
+        pts = scratch_points(g)
+        d = np.min(np.hypot(x[..., None] - pts[:, 0], y[..., None] - pts[:, 1]), axis=-1)
+        half = g["width_dies"] * soft / 2.0 + soft / 2.0
+        return dens * (d <= half)
+    if name in ("Random", "Near-full"):
+        return np.full_like(r, dens)
+    raise ValueError(f"unknown pattern type {name!r}")
+
+
+def render_map(height: int, width: int, patterns: list[dict], bg_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Sample a wafer map (H, W) uint8 in {0, 1, 2} from a background rate and pattern geometries."""
+    x, y = die_coordinates(height, width)
+    r = np.hypot(x, y)
+    on_wafer = r <= 1.0
+    p_ok = 1.0 - bg_rate * (1.0 + 1.5 * r**6)  # background fails rise towards the edge
+    for g in patterns:
+        p_ok = p_ok * (1.0 - pattern_field(g, x, y, height, width))
+    fails = rng.random((height, width)) >= p_ok
+    out = np.full((height, width), NO_DIE, dtype=np.uint8)
+    out[on_wafer] = PASS
+    out[on_wafer & fails] = FAIL
+    return out
+
+
+def _draw_labels(rng: np.random.Generator, probs: dict[str, float], dominant: str, cfg: SynthConfig) -> list[str]:
+    if rng.random() < cfg.mixed_fraction:
+        k = int(rng.integers(2, 5))
+        groups = rng.choice(len(MIX_GROUPS), size=k, replace=False)
+        return [str(rng.choice(MIX_GROUPS[i])) for i in sorted(groups)]
+    if rng.random() < cfg.lot_affinity:
+        return [dominant]
+    names = list(probs)
+    return [str(rng.choice(names, p=np.array(list(probs.values()))))]
+
+
+def _noisy_labels(labels: list[str], rng: np.random.Generator) -> list[str]:
+    """A realistic wrong label set for `labels`: one member swapped for one of its confusions."""
+    i = int(rng.integers(len(labels)))
+    swapped = str(rng.choice(CONFUSIONS[labels[i]]))
+    kept = [lab for j, lab in enumerate(labels) if j != i and lab != NONE_LABEL]
+    # A confusion never maps a name to itself, so the key always changes.
+    return (label_key(kept + ([swapped] if swapped != NONE_LABEL else [])) or NONE_LABEL).split("+")
+
+
+def _new_lot(rng: np.random.Generator, probs: dict[str, float], cfg: SynthConfig) -> dict:
+    side = float(np.clip(rng.lognormal(np.log(cfg.median_side), 0.3), 15, 90))
+    aspect = float(np.clip(rng.lognormal(0.0, 0.08), 0.8, 1.25))
+    names = list(probs)
+    return {
+        "height": int(round(side * np.sqrt(aspect))), "width": int(round(side / np.sqrt(aspect))),
+        "bg": float(np.clip(rng.lognormal(np.log(0.08), 0.5), 0.01, 0.25)),
+        "dominant": str(rng.choice(names, p=np.array(list(probs.values())))),
+        "angle": float(rng.uniform(0, 360)), "scratch_heading": float(rng.uniform(0, 360)),
+        "size": int(rng.integers(cfg.lot_size_min, cfg.lot_size_max + 1)),
+    } | {"die": 2.0 / side}
+
+
+def generate(cfg: SynthConfig) -> pd.DataFrame:
+    """Generate `cfg.n_wafers` labelled maps in the common table layout (see :mod:`.table`)."""
+    rng = np.random.default_rng(cfg.seed)
+    probs = class_probabilities(cfg.class_mix)
+    rows, lot_no, lot = [], -1, None
+    for i in range(cfg.n_wafers):
+        if lot is None or lot["left"] == 0:
+            lot_no += 1
+            lot = _new_lot(rng, probs, cfg)
+            lot["left"] = lot["size"]
+        lot["left"] -= 1
+        labels = _draw_labels(rng, probs, lot["dominant"], cfg)
+        geoms = [_draw_pattern(n, rng, lot) for n in labels if n != NONE_LABEL]
+        factor = min(BACKGROUND_FACTOR[n] for n in labels)
+        bg = float(np.clip(lot["bg"] * factor * rng.lognormal(0.0, 0.35), 0.005, 0.35))
+        wmap = render_map(lot["height"], lot["width"], geoms, bg, rng)
+        rows.append({
+            "id": f"syn-{cfg.seed}-{i:06d}", "source": "synthetic", "lot": f"synlot{lot_no:05d}",
+            "wafer_index": lot["size"] - lot["left"], "wafer_map": wmap,
+            "height": lot["height"], "width": lot["width"],
+            "labels": label_key(labels).split("+"), "labels_true": label_key(labels).split("+"),
+            "geometry": json.dumps({"background_rate": bg, "patterns": geoms}),
+        })
+    n_noisy = int(round(cfg.label_noise * cfg.n_wafers))
+    for j in rng.choice(cfg.n_wafers, size=n_noisy, replace=False):
+        rows[j]["labels"] = _noisy_labels(rows[j]["labels_true"], rng)
+    log.info("generated %d synthetic maps in %d lots (%d noisy labels)", cfg.n_wafers, lot_no + 1, n_noisy)
+    return pd.DataFrame(rows)

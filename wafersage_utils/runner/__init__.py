@@ -1,0 +1,1 @@
+"""The runner: params files checked against the notebooks, run folders, and the papermill pipeline."""

@@ -1,0 +1,198 @@
+"""The run folder: what a stage writes and where, the environment record, and the status file.
+
+results/<run>/
+    params.yaml           resolved params of the last invocation
+    environment.json      git commit and dirty flag, package versions, device, threads
+    status.json           per stage: state, wall time, fingerprint
+    NN_stage.ipynb        executed notebooks
+    metrics/NN_stage.json one metrics file per stage
+    figures/fig_*.png     figures
+    tables/*.csv          small tables
+    data/                 heavy artefacts (git-ignored)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the repository: wafersage_utils/runner/runs.py
+TRACKED_PACKAGES = ("wafersage_utils", "numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "cleanlab", "torch",
+                    "torchvision", "transformers", "peft", "trl", "datasets", "accelerate", "papermill",
+                    "matplotlib", "seaborn")
+
+
+@contextmanager
+def atomic_target(path: Path):
+    """A temporary path beside `path` to write to; it replaces `path` only when the block succeeds, so a crash
+    or an error never leaves half a file and never touches what was there before."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (see :func:`atomic_target`)."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def git_state(root: Path = PROJECT_ROOT) -> dict:
+    """Commit and dirty flag of the working tree ('unknown' outside git). Run folders under results/ do not count:
+    a rerun rewrites the committed reference run's files, which says nothing about the code that ran."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": "unknown", "dirty": None}
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results").stdout.strip() != ""
+    return {"commit": head.stdout.strip(), "dirty": dirty}
+
+
+def environment_record() -> dict:
+    """What ran: git state, Python, package versions, device and thread counts."""
+    versions = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    import torch
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"git": git_state(), "python": platform.python_version(), "platform": platform.platform(),
+            "packages": versions, "device": device, "cuda": torch.cuda.is_available(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+
+
+_REQUIRED = object()
+
+
+@dataclass
+class Stage:
+    """A stage's handle on its run folder, opened at the top of each notebook."""
+
+    run_dir: Path
+    stem: str
+
+    def path(self, *parts: str) -> Path:
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def data(self) -> Path:
+        d = self.run_dir / "data"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def save_figure(self, fig, slug: str) -> Path:
+        """Save a matplotlib figure as figures/fig_<slug>.png."""
+        out = self.path("figures", f"fig_{slug}.png")
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+        return out
+
+    def save_table(self, df, name: str) -> Path:
+        out = self.path("tables", f"{name}.csv")
+        atomic_write_text(out, df.to_csv(index=False))
+        return out
+
+    def write_metrics(self, metrics: dict) -> Path:
+        out = self.path("metrics", f"{self.stem}.json")
+        write_json(out, metrics)
+        return out
+
+    def settings(self, cls, namespace: dict):
+        """The stage's settings (a :mod:`wafersage_utils.recipe` class) from the notebook's parameters, saved whole,
+        defaults included, as settings/<stem>.json: what ran, not only what the params file changed."""
+        settings = cls.from_namespace(namespace)
+        write_json(self.path("settings", f"{self.stem}.json"), asdict(settings))
+        return settings
+
+    def publish(self, **facts) -> dict:
+        """Tell later stages what this stage made (answer style, image size, model folders): the run manifest,
+        `manifest.json`, one section per stage, replaced whole each time the stage runs. Paths inside the run
+        folder are stored relative to it, so that a run folder can be moved."""
+        manifest = read_manifest(self.run_dir)
+        manifest[self.stem] = {k: _portable(v, self.run_dir) for k, v in facts.items()}
+        write_json(self.run_dir / MANIFEST, manifest)
+        return manifest[self.stem]
+
+    def fact(self, stem: str, name: str, default=_REQUIRED):
+        """A fact an earlier stage published (a path comes back absolute); a missing one names the stage to run."""
+        section = read_manifest(self.run_dir).get(stem, {})
+        if name not in section:
+            if default is not _REQUIRED:
+                return default
+            raise LookupError(f"{self.run_dir / MANIFEST}: stage {stem} has not published {name!r}; run stage {stem} "
+                              f"first (python -m wafersage_utils.runner.pipeline <params> --only {stem[:2]})")
+        value = section[name]
+        return str(self.run_dir / value[len(RUN_PREFIX):]) if isinstance(value, str) and value.startswith(RUN_PREFIX) \
+            else value
+
+
+MANIFEST = "manifest.json"
+RUN_PREFIX = "run:"  # a manifest path relative to the run folder
+
+
+def read_manifest(run_dir: Path) -> dict:
+    """The run's manifest (empty before any stage published)."""
+    path = Path(run_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); delete it and rerun the stages that publish to it") from exc
+
+
+def _portable(value, run_dir: Path):
+    if isinstance(value, Path):
+        p = value.resolve()
+        return RUN_PREFIX + str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p)
+    return value
+
+
+def open_stage(run_dir: str, stem: str, seed: int, n_threads: int) -> Stage:
+    """Create the run folder, seed every generator and fix the thread count; returns the stage handle."""
+    import torch
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if n_threads > 0:
+        torch.set_num_threads(n_threads)
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n_threads)
+    root = Path(run_dir).resolve()
+    for sub in ("metrics", "figures", "tables", "data"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    return Stage(root, stem)

@@ -1,0 +1,1 @@
+"""Serving an exported model behind an OpenAI-compatible endpoint."""

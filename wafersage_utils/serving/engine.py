@@ -1,0 +1,218 @@
+"""The batching generation engine: one thread owns the model, takes waiting requests with the same sampling settings
+in batches, and streams each row its tokens until its own stop."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .schema import RequestError, ServeConfig
+
+log = logging.getLogger("wafersage.serve")
+
+
+@dataclass
+class Job:
+    """One accepted request on its way through the queue and a batch."""
+
+    conversation: list[dict]
+    images: list
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stops: list[str]
+    emit: Any  # callable(event): ('delta', text) | ('done', finish_reason, usage, text) | ('error', status, message)
+    stream: bool = False  # deltas are sent only to streamed requests
+    enqueued: float = field(default_factory=time.perf_counter)
+    started: float = 0.0
+    cancelled: bool = False
+
+    @property
+    def settings(self) -> tuple:
+        """Requests batch together only with equal sampling settings (all greedy ones are equal)."""
+        return (True, round(self.temperature, 4), round(self.top_p, 4)) if self.temperature > 0 else (False, 0.0, 1.0)
+
+
+class QueueFull(Exception):
+    pass
+
+
+class _Row:
+    """Incremental decoding of one batch row: its tokens, the text already sent, and whether it is finished."""
+
+    def __init__(self, job: Job, tokenizer, eos: set[int]):
+        self.job, self.tok, self.eos = job, tokenizer, eos
+        self.ids: list[int] = []
+        self.sent = ""
+        self.final = ""  # the whole answer once finished (the non-streamed reply)
+        self.finish: str | None = None
+        self.hold = max((len(s) for s in job.stops), default=1) - 1
+
+    def push(self, token: int) -> None:
+        if self.finish:
+            return
+        if self.job.cancelled:
+            self.finish = "cancelled"
+            return
+        self.ids.append(token)
+        if token in self.eos:
+            self.end("stop", self._text())
+            return
+        text = self._text()
+        for s in self.job.stops:
+            at = text.find(s)
+            if at >= 0:
+                self.end("stop", text[:at])
+                return
+        if len(self.ids) >= self.job.max_tokens:
+            self.end("length", text)
+            return
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest
+            return
+        self._flush(text[:len(text) - self.hold] if self.hold else text)
+
+    def _text(self) -> str:
+        return self.tok.decode(self.ids, skip_special_tokens=True)
+
+    def end(self, finish: str, text: str) -> None:
+        self.finish, self.final = finish, text
+        self._flush(text)
+
+    def _flush(self, text: str) -> None:
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            if self.job.stream:
+                self.job.emit(("delta", text[len(self.sent):]))
+            self.sent = text
+
+
+def _tracker_class():
+    from transformers import StoppingCriteria
+
+    class BatchTracker(StoppingCriteria):
+        """Feeds each new token to its row and tells generate which rows are finished."""
+
+        def __init__(self, rows: list[_Row]):
+            self.rows = rows
+
+        def __call__(self, input_ids, scores, **kwargs):
+            import torch
+            last = input_ids[:, -1].tolist()
+            for row, tok in zip(self.rows, last):
+                row.push(tok)
+            return torch.tensor([r.finish is not None for r in self.rows], device=input_ids.device)
+    return BatchTracker
+
+
+class Engine:
+    """The model, its processor and one generation thread fed by a bounded queue."""
+
+    def __init__(self, cfg: ServeConfig):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        if cfg.n_threads:
+            torch.set_num_threads(cfg.n_threads)
+        self.cfg = cfg
+        self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.processor = AutoProcessor.from_pretrained(cfg.model_path)
+        self.processor.tokenizer.padding_side = "left"
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        self.model = AutoModelForImageTextToText.from_pretrained(cfg.model_path, dtype=dtype).to(self.device).eval()
+        gen = self.model.generation_config
+        eos = gen.eos_token_id if gen.eos_token_id is not None else self.processor.tokenizer.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        self.pad_id = self.processor.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = min(self.eos)
+        self._pending: deque[Job] = deque()
+        self._cv = threading.Condition()
+        self._running = True
+        self.stats = {"batches": 0, "rows": 0, "max_batch": 0}
+        self._tracker = _tracker_class()
+        self._thread = threading.Thread(target=self._loop, name="wafersage-generate", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if not self._running:
+                raise RequestError(503, "the server is shutting down", kind="server_error", code="shutting_down")
+            if len(self._pending) >= self.cfg.max_queue:
+                raise QueueFull()
+            self._pending.append(job)
+            self._cv.notify()
+
+    def queued(self) -> int:
+        return len(self._pending)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._running = False
+            left = list(self._pending)
+            self._pending.clear()
+            self._cv.notify_all()
+        for job in left:
+            job.emit(("error", 503, "the server shut down before this request was generated"))
+        self._thread.join(timeout=30)
+
+    def _take_batch(self) -> list[Job]:
+        """The oldest waiting job and up to batch_size - 1 more with the same sampling settings."""
+        with self._cv:
+            while self._running and not self._pending:
+                self._cv.wait(0.5)
+            if not self._running:
+                return []
+            deadline = self._pending[0].enqueued + self.cfg.batch_wait_ms / 1000
+            while self._running and len(self._pending) < self.cfg.batch_size:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            if not self._pending:
+                return []
+            key = self._pending[0].settings
+            batch = [j for j in self._pending if j.settings == key and not j.cancelled][: self.cfg.batch_size]
+            dropped = [j for j in self._pending if j.cancelled]
+            for j in batch + dropped:
+                self._pending.remove(j)
+            return batch
+
+    def _loop(self) -> None:
+        while self._running:
+            batch = self._take_batch()
+            if batch:
+                try:
+                    self._generate(batch)
+                except Exception as exc:
+                    log.exception("generation failed for a batch of %d", len(batch))
+                    for job in batch:
+                        job.emit(("error", 500, f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _generate(self, batch: list[Job]) -> None:
+        import torch
+        now = time.perf_counter()
+        for job in batch:
+            job.started = now
+        texts = self.processor.apply_chat_template([j.conversation for j in batch], add_generation_prompt=True,
+                                                   tokenize=False)
+        images = [im for j in batch for im in j.images]
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+        rows = [_Row(j, self.processor.tokenizer, self.eos) for j in batch]
+        first = batch[0]
+        sample = first.temperature > 0
+        kwargs = dict(do_sample=sample, temperature=first.temperature if sample else None,
+                      top_p=first.top_p if sample else None)
+        with torch.inference_mode():
+            self.model.generate(**inputs, max_new_tokens=max(j.max_tokens for j in batch), pad_token_id=self.pad_id,
+                                stopping_criteria=[self._tracker(rows)], **kwargs)
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        self.stats["batches"] += 1
+        self.stats["rows"] += len(batch)
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
+        for row, n_prompt in zip(rows, prompt_tokens):
+            if row.finish is None:  # generate stopped on its own length limit
+                row.end("length", row._text())
+            usage = {"prompt_tokens": int(n_prompt), "completion_tokens": len(row.ids),
+                     "total_tokens": int(n_prompt) + len(row.ids)}
+            row.job.emit(("done", "stop" if row.finish == "cancelled" else row.finish, usage, row.final or row.sent))
