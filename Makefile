@@ -41,7 +41,7 @@ bench: setup
 RUN ?= results/default
 MODEL ?= sft
 serve: setup
-	$(PY) -m wafersage_utils.serving $(RUN) --model $(MODEL) --image-root $(RUN)/data
+	$(PY) -m wafersage_utils.serving $(RUN) --model $(MODEL) --image-root $(RUN)
 
 # Headless: prints the URL with its token instead of opening a browser; as root (containers) it needs --allow-root.
 LAB_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)

@@ -192,14 +192,21 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
     assert {"fig_eval_scores.png", "fig_eval_alignment.png", "fig_eval_confusion.png", "fig_eval_errors.png"} <= figures
     scores = pd.read_csv(run / "tables" / "eval_scores.csv")
     assert list(scores["model"]) == ["base", "sft", "rl"]
-    # the README table comes from this run's metrics
+    # the README's headline row comes from this run's metrics
     from wafersage_utils.evaluation import report
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\nrest\n")
-    report.refresh_readme(run, readme)
+    report.refresh_readme([run], readme)
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
-    assert f"| rl | {m['rl/rule_score']:.3f}" in text and "07_eval" in text
+    row = next(line for line in text.splitlines() if line.startswith(f"| [{run.name}]"))
+    assert f"| {m['n_test_wafers']} |" in row and f"{m['rl/rule_score']:.3f}" in row and "generated maps" in row
+    # the run report: every stage with its figures and metrics, stage 07's tables as its section
+    from wafersage_utils.runner import run_report
+    rep = run_report.write_run_report(run).read_text()
+    assert all(f"## {s}" in rep for s in ("01_clean", "05_sft", "07_eval")) and "| paired difference |" in rep
+    assert rep.index("![eval_scores]") > rep.index("## 07_eval") > rep.index("![sft_curves]") > rep.index("## 05_sft")
+    assert (run / "examples" / "card_0.png").exists() and (run / "settings" / "05_sft.json").exists()
     # --only 07 again: answers come from the cache, the numbers are the same
     from wafersage_utils.runner import pipeline
     pipeline.run_pipeline(ROOT / "params" / "smoke.yaml", only="07", results_dir=run.parent, force=True)

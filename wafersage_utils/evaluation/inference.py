@@ -8,6 +8,7 @@ paper's system prompt (reasoning answers), greedy decoding.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -47,6 +48,20 @@ def card_rows(vqa: pd.DataFrame, split: str, n_wafers: int, seed: int) -> pd.Dat
     return pd.DataFrame([{**w, "template": t, "question": q} for _, w in picked.iterrows()
                          for t, q in CARD_PROMPTS.items()]).reset_index(drop=True)
 
+
+
+def save_card_images(card: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Copy the card's maps to <run>/examples/card_<i>.png (the README's serving examples name them; the run
+    folder's data/ is not kept in git) with an index of which wafer and labels each one is."""
+    out = Path(run_dir) / "examples"
+    out.mkdir(parents=True, exist_ok=True)
+    wafers = card.drop_duplicates("wafer_id").reset_index(drop=True)
+    index = pd.DataFrame({"file": [f"card_{i}.png" for i in range(len(wafers))], "wafer_id": wafers["wafer_id"],
+                          "labels": wafers["labels"].map("+".join)})
+    for name, image in zip(index["file"], wafers["image"]):
+        shutil.copyfile(Path(run_dir) / image, out / name)
+    index.to_csv(out / "index.csv", index=False)
+    return index
 
 # The base's pre-training asks this of every map with a structure (models.visual_questions), answered from
 # the measured facts with one of the shape words of describe.SHAPE_WORDS.

@@ -1,5 +1,5 @@
-"""The write-up of stage 07: paper-style tables and figures from saved answers and scores, and the README's
-results table refreshed from a run (`python -m wafersage_utils.evaluation.report results/default`)."""
+"""The write-up: stage 07's paper-style tables and figures from saved answers and scores, and the README's
+headline table refreshed from the reference runs (`python -m wafersage_utils.evaluation.report`)."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,8 @@ from ..corpus.scoring import DIMENSIONS
 from ..runner.runs import PROJECT_ROOT, atomic_write_text
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+REFERENCE_RUNS = ("default", "wm811k", "mixedwm38")  # the committed reference runs, in the README's order
+DATA = {"synthetic": "generated maps", "wm811k": "WM-811K (real)", "mixedwm38": "MixedWM38 (real)"}
 
 
 def score_table(metrics: dict, models: list[str], judge_name: str) -> pd.DataFrame:
@@ -108,10 +110,9 @@ def _cell(m: dict, key: str, digits: int = 3) -> str:
 
 
 def results_markdown(run_dir: Path) -> str:
-    """The README's results block: stage 07's headline table, paired differences, alignment, error rates and
-    the wall time per stage."""
+    """Stage 07's section of the run report: scores per model with intervals, paired differences, error rates
+    and the alignment of the rule score with the judge."""
     m = json.loads((run_dir / "metrics" / "07_eval.json").read_text())
-    status = json.loads((run_dir / "status.json").read_text())
     models = m["models"]
     lines = [f"Test split: {m['n_test_questions']} questions on {m['n_test_wafers']} wafers; brackets are 95% "
              f"intervals that resample wafers. Judge: {m['judge']} ({m['judge_kind']}).", "",
@@ -135,35 +136,60 @@ def results_markdown(run_dir: Path) -> str:
               for c in cats]
     lines += ["", f"Alignment, Spearman of rule score and judge on test (fitted on validation): "
               f"{m['alignment/spearman_before']:.3f} with the default constants, "
-              f"{m['alignment/spearman_after']:.3f} with the fitted ones.", "",
-              "| stage | wall time (s) |", "|---|---|"]
-    lines += [f"| {s} | {v.get('wall_s', float('nan')):.0f} |" for s, v in sorted(status["stages"].items())]
+              f"{m['alignment/spearman_after']:.3f} with the fitted ones."]
     return "\n".join(lines)
 
 
-def refresh_readme(run_dir: Path, readme: Path) -> str:
-    """Replace the README's block between the results markers with the run's table (atomic write)."""
+def _run_row(run_dir: Path) -> str:
+    m = json.loads((run_dir / "metrics" / "07_eval.json").read_text())
+    m01 = json.loads((run_dir / "metrics" / "01_clean.json").read_text())
+    status = json.loads((run_dir / "status.json").read_text())["stages"]
+    minutes = sum(s.get("wall_s", 0.0) for s in status.values()) / 60
+    data = DATA.get(m01.get("source", ""), m01.get("source", "?"))
+    final = "rl" if "rl" in m["models"] else "sft"
+    command = "make run" if run_dir.name == "default" else f"make run PARAMS=params/{run_dir.name}.yaml"
+    return (f"| [{run_dir.name}](results/{run_dir.name}/REPORT.md) | {data} | {m['n_test_wafers']} | "
+            f"{final.upper()}: {_cell(m, f'{final}/type_accuracy')} | {_cell(m, f'{final}/type_macro_f1')} | "
+            f"{_cell(m, 'baseline/type_macro_f1')} | {_cell(m, 'sft/rule_score')} | {_cell(m, f'{final}/rule_score')} | "
+            f"{_cell(m, f'{final}/judge_score', 2)} | {minutes:.0f} min | `{command}` |")
+
+
+def headline_markdown(run_dirs: list[Path]) -> str:
+    """The README's headline table: one row per reference run, the numbers a reader compares with the paper
+    (the final model's: RL where the run has one)."""
+    lines = ["| run | maps | test wafers | type accuracy | type macro-F1 | classical baseline macro-F1 | "
+             "rule score SFT | rule score, final | judge (0-10), final | wall time | made by |", "|---" * 11 + "|"]
+    lines += [_run_row(Path(r)) for r in run_dirs]
+    return "\n".join(lines)
+
+
+def refresh_readme(run_dirs: list[Path], readme: Path) -> str:
+    """Replace the README's block between the results markers with the headline table (atomic write)."""
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise ValueError(f"{readme}: no {README_START} ... {README_END} block to refresh")
-    block = (f"{README_START}\n<!-- made by: python -m wafersage_utils.evaluation.report {run_dir} -->\n"
-             f"{results_markdown(run_dir)}\n{README_END}")
+    block = (f"{README_START}\n<!-- made by: python -m wafersage_utils.evaluation.report; do not edit -->\n"
+             f"{headline_markdown(run_dirs)}\n{README_END}")
     new = re.sub(re.escape(README_START) + ".*?" + re.escape(README_END), lambda _: block, text, flags=re.DOTALL)
     atomic_write_text(readme, new)
     return block
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Refresh the README's results table from a run folder.")
-    ap.add_argument("run_dir", type=Path)
+    ap = argparse.ArgumentParser(prog="python -m wafersage_utils.evaluation.report",
+                                 description="Refresh the README's headline table from the reference runs.")
+    ap.add_argument("run_dirs", type=Path, nargs="*", help="run folders (default: the reference runs present in "
+                    f"results/: {', '.join(REFERENCE_RUNS)})")
     ap.add_argument("--readme", type=Path, default=PROJECT_ROOT / "README.md")
     args = ap.parse_args(argv)
-    if not (args.run_dir / "metrics" / "07_eval.json").exists():
-        print(f"{args.run_dir}: no metrics/07_eval.json; run stage 07 first", file=sys.stderr)
+    runs = args.run_dirs or [PROJECT_ROOT / "results" / r for r in REFERENCE_RUNS
+                             if (PROJECT_ROOT / "results" / r / "metrics" / "07_eval.json").exists()]
+    missing = [r for r in runs if not (r / "metrics" / "07_eval.json").exists()]
+    if missing or not runs:
+        print(f"error: {missing or 'results/'}: no metrics/07_eval.json; run stage 07 first", file=sys.stderr)
         return 2
-    print(refresh_readme(args.run_dir, args.readme))
+    print(refresh_readme(runs, args.readme))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

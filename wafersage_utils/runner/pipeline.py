@@ -22,6 +22,7 @@ import yaml
 
 from .imports import PACKAGE_ROOT, WHOLE_PACKAGE, closure, import_graph, imports_of, package_modules
 from .params import ParamsError, apply_overrides, check_params, load_params, notebook_parameters, stage_parameters
+from .run_report import write_run_report
 from .runs import PROJECT_ROOT, atomic_write_text, environment_record, write_json
 
 log = logging.getLogger("wafersage.pipeline")
@@ -128,6 +129,8 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     write_json(run_dir / "environment.json", environment_record())
     status = _load_status(run_dir)
+    status["command"] = " ".join(["python -m wafersage_utils.runner.pipeline", str(params_path)]
+                                 + [f"--set {o}" for o in overrides or []] + ([f"--only {only}"] if only else []))
     for stem in stems:
         values = stage_parameters(params, stem, declared[stem]) | {"run_dir": str(run_dir)}
         upstream = [status["stages"].get(s, {}).get("fingerprint", "") for s in notebooks if s < stem]
@@ -147,10 +150,12 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
         except StageFailed as exc:
             status["stages"][stem].update(state="failed", wall_s=round(time.perf_counter() - t0, 2), error=str(exc))
             write_json(run_dir / "status.json", status)
+            write_run_report(run_dir)
             raise
         status["stages"][stem].update(state="done", wall_s=round(time.perf_counter() - t0, 2))
         write_json(run_dir / "status.json", status)
         log.info("%s: done in %.1f s", stem, status["stages"][stem]["wall_s"])
+    log.info("report: %s", write_run_report(run_dir))
     return run_dir
 
 

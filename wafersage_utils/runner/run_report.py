@@ -56,13 +56,13 @@ def _header(run_dir: Path) -> list[str]:
     lines = [f"# Run `{run_dir.name}`", "",
              "Generated from this folder by `python -m wafersage_utils.runner.run_report "
              f"results/{run_dir.name}`; do not edit.", "",
-             f"- Command: `python -m wafersage_utils.runner.pipeline params/{run_dir.name}.yaml` "
-             "(or `make run` for `default`)",
+             f"- Command: `{_read_json(run_dir / 'status.json', {}).get('command', '?')}` (the last one; "
+             "`make run` for `default`)",
              f"- Commit: `{git.get('commit', '?')}`" + (" **with uncommitted changes**" if git.get("dirty") else
                                                         " (clean tree)"),
              f"- Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, torch threads "
              f"{env.get('torch_threads', '?')}, device {env.get('device', 'cpu')}",
-             f"- Settings: the recipe (`wafersage_utils/recipe.py`) with "
+             "- Settings: the recipe (`wafersage_utils/recipe.py`) with "
              + (f"these changes: `{json.dumps(changed)}`" if changed else "no changes"),
              "  (every value a stage ran with: `settings/<stage>.json`)", ""]
     return lines

@@ -117,9 +117,20 @@ class Stage:
         return d
 
     def save_figure(self, fig, slug: str) -> Path:
-        """Save a matplotlib figure as figures/fig_<slug>.png."""
+        """Save a matplotlib figure as figures/fig_<slug>.png, and note which stage drew it (the run report
+        shows each figure under its stage)."""
         out = self.path("figures", f"fig_{slug}.png")
         fig.savefig(out, dpi=110, bbox_inches="tight")
+        index_path = self.run_dir / "figures" / FIGURE_INDEX
+        index = json.loads(index_path.read_text()) if index_path.exists() else {}
+        index[slug] = self.stem
+        write_json(index_path, index)
+        return out
+
+    def write_section(self, markdown: str) -> Path:
+        """This stage's prose and tables for the run's REPORT.md (report/<stem>.md, replaced on each run)."""
+        out = self.path(SECTIONS, f"{self.stem}.md")
+        atomic_write_text(out, markdown.strip() + "\n")
         return out
 
     def save_table(self, df, name: str) -> Path:
@@ -162,6 +173,8 @@ class Stage:
 
 
 MANIFEST = "manifest.json"
+FIGURE_INDEX = "index.json"  # {figure slug: the stage that drew it}, in figures/
+SECTIONS = "report"  # report/<stem>.md: what each stage adds to REPORT.md
 RUN_PREFIX = "run:"  # a manifest path relative to the run folder
 
 
