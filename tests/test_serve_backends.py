@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
-from wafersage_utils.corpus import tables
+from wafersage_utils.chat.llm import ResponseCache
+from wafersage_utils.corpus import tables, teacher
 from wafersage_utils.runner import pipeline
 from wafersage_utils.serving import cli, schema
 
@@ -59,9 +60,14 @@ def test_describe_and_rubrics_through_the_server(smoke_run, served, tmp_path):
     # contradict the measured facts. Those descriptions are quarantined with the reason.
     assert desc["reason"].str.contains("no JSON object").any()
     assert desc["quarantined"].any() and desc.loc[desc["quarantined"], "reason"].str.len().gt(0).all()
-    before = engine.stats["rows"]  # a rerun is answered from the cache
-    assert _metrics(_stages(tmp_path, "teacher", "02", sets2, force=True), "02_describe")["requests_sent"] == 0
-    assert engine.stats["rows"] == before
+    # A rerun is answered from the cache, except the requests whose reply stayed empty after the client's retry:
+    # failures are never cached, so they are asked again (once more each, at most). Which replies come out
+    # empty can change with the batch a request lands in (padding moves the tiny model's greedy tokens), so
+    # under load a first run may leave a few.
+    failed = len(teacher.OUTPUTS) * m2["n_maps"] - len(ResponseCache(run / "data" / "llm_cache"))
+    before = engine.stats["rows"]
+    again = _metrics(_stages(tmp_path, "teacher", "02", sets2, force=True), "02_describe")["requests_sent"]
+    assert failed <= again <= 2 * failed and engine.stats["rows"] - before == again
 
 
 
