@@ -80,3 +80,13 @@ def test_the_reference_run_report_is_current():
     """The committed REPORT.md is what the generator makes from the committed run folder."""
     run = Path(__file__).resolve().parents[1] / "results" / "default"
     assert (run / "REPORT.md").read_text() == run_report.report_markdown(run)
+
+
+def test_a_report_that_cannot_be_made_is_logged_not_raised(tmp_path, caplog):
+    from wafersage_utils.runner import pipeline
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "01_clean.json").write_text("{torn")
+    (tmp_path / "status.json").write_text(json.dumps({"stages": {"01_clean": {"state": "failed", "wall_s": 1.0}}}))
+    with caplog.at_level("WARNING", logger="wafersage.pipeline"):
+        assert pipeline.report_or_warn(tmp_path) is None
+    assert "REPORT.md not written: JSONDecodeError" in caplog.text and not (tmp_path / "REPORT.md").exists()

@@ -103,6 +103,18 @@ def _failure_message(stem: str, out_nb: Path, exc: Exception) -> str:
     return f"stage {stem} failed in {where} of notebooks/{stem}.ipynb: {ename}: {evalue}\n  executed notebook: {out_nb}"
 
 
+def report_or_warn(run_dir: Path) -> Path | None:
+    """Write the run's REPORT.md; a report that cannot be made is logged, never allowed to hide the run's own
+    outcome (a finished run, or the stage failure being raised)."""
+    try:
+        path = write_run_report(run_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("%s: REPORT.md not written: %s: %s", run_dir, type(exc).__name__, exc)
+        return None
+    log.info("report: %s", path)
+    return path
+
+
 def run_stage(nb_path: Path, out_nb: Path, values: dict, progress: bool) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -150,12 +162,12 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
         except StageFailed as exc:
             status["stages"][stem].update(state="failed", wall_s=round(time.perf_counter() - t0, 2), error=str(exc))
             write_json(run_dir / "status.json", status)
-            write_run_report(run_dir)
+            report_or_warn(run_dir)
             raise
         status["stages"][stem].update(state="done", wall_s=round(time.perf_counter() - t0, 2))
         write_json(run_dir / "status.json", status)
         log.info("%s: done in %.1f s", stem, status["stages"][stem]["wall_s"])
-    log.info("report: %s", write_run_report(run_dir))
+    report_or_warn(run_dir)
     return run_dir
 
 
