@@ -186,6 +186,9 @@ class SFTSettings(StageSettings):
     pretrain_micro_batches: int = 1  # tiny: micro-batches per captioning step; above 1 a step's examples are sorted by length into them (less padding, the same step)
     pretrain_text_micro_batches: int = 4  # tiny: the same for the text-only step
     rl_holdout_share: float = 0.1  # share of training wafers kept out of SFT: their pairs are the RL learning stream of stage 06
+    type_stream: bool = False  # also one defect-type question per other labelled training map (training/type_questions.py): a real data set's classes need more maps than stage 01 samples
+    type_stream_none_ratio: float = 0.0  # type stream: defect-free questions capped at this multiple of the defect ones; 0: no cap
+    type_stream_class_floor: int = 0  # type stream: a rarer class's maps asked again, in other wordings, until it has this many questions (at most 8 per map); 0: never
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale alpha / r)
     lora_dropout: float = 0.0  # LoRA dropout
@@ -274,6 +277,9 @@ class EvalSettings(StageSettings):
     align_trials: int = 200  # optuna TPE trials fitting the rule constants to the judge on validation
     n_bootstrap: int = 2000  # bootstrap resamples of wafers for every interval
     n_gallery: int = 3  # examples per error category in the gallery
+    type_eval: str = "vqa"  # defect type as a classification over: vqa (the defect-type questions of the sampled test wafers) | split (every labelled test map of stage 01, asked as the scorer asks: real data sets)
+    real_check: str = "wm811k"  # sim-to-real: a real source (wm811k | mixedwm38) or file the SFT model and the baseline are also scored on, every labelled map (skipped for a run on that source, or where the file is absent); empty: none
+    real_check_max_maps: int = 0  # sim-to-real: a seeded sample of that many real maps; 0 means all
 
 
 STAGES: dict[str, type[StageSettings]] = {

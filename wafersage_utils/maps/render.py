@@ -28,9 +28,10 @@ def scaled_codes(m: np.ndarray, size: int) -> np.ndarray:
     return np.repeat(np.repeat(m.astype(np.uint8, copy=False), row_counts, axis=0), col_counts, axis=1)
 
 
-def render_array(m: np.ndarray, size: int) -> np.ndarray:
-    """RGB image (size, size, 3) uint8 of a map, nearest-neighbour scaled."""
-    return _LUT[scaled_codes(m, size)]
+def render_array(m: np.ndarray, size: int, lut: np.ndarray = _LUT) -> np.ndarray:
+    """RGB image (size, size, 3) uint8 of a map, nearest-neighbour scaled, in `lut` (3 die codes x RGB;
+    default the fixed palette)."""
+    return lut[scaled_codes(m, size)]
 
 
 def to_image(m: np.ndarray, size: int) -> Image.Image:

@@ -369,27 +369,6 @@ def train(cfg: TrainConfig, train_ds, eval_ds=None, export_dir: Path | None = No
     return result
 
 
-def write_model_card(folder: Path, base: str, cfg: TrainConfig, metrics: dict) -> Path:
-    """A model card (README.md) in the exported folder: what it is, how it was made, what it measured."""
-    keys = ("learning_rate", "num_train_epochs", "lora_r", "lora_alpha", "lora_dropout", "lora_vision",
-            "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type",
-            "max_length", "seed")
-    rows = "\n".join(f"| {k} | {getattr(cfg, k)} |" for k in keys)
-    measured = "\n".join(f"| {k} | {v:.3f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                          for k, v in sorted(metrics.items()) if "/" in k and not isinstance(v, (dict, list)))
-    text = (f"---\npipeline_tag: image-text-to-text\nlibrary_name: transformers\ntags: [wafersage, wafer-map, "
-            f"qwen3-vl, lora]\n---\n# WaferSAGE SFT model\n\nLoRA SFT of `{base}` on WaferSAGE wafer-map VQA pairs, "
-            "merged into the base weights. Answers are hypotheses for engineers to review, not a diagnosis.\n\n"
-            "```python\nfrom transformers import pipeline\npipe = pipeline(\"image-text-to-text\", model=<this folder>)\n"
-            "```\n\nServed behind an OpenAI-compatible endpoint (`/v1/chat/completions`, as `vllm serve` does):\n\n"
-            "```bash\nwafersage-serve <this folder> --image-root <folder of wafer PNGs>   # or: vllm serve <this folder>\n"
-            "```\n\n## Training\n\n| setting | value |\n|---|---|\n" + rows +
-            "\n\n## Measured (stage 05 of the run that made it)\n\n| metric | value |\n|---|---|\n" + measured + "\n")
-    out = Path(folder) / "README.md"
-    out.write_text(text)
-    return out
-
-
 def run_config(path: Path) -> dict:
     """Train from a JSON config file (what `accelerate launch -m wafersage_utils.training.sft` runs)."""
     from datasets import load_from_disk

@@ -1,0 +1,244 @@
+"""Score an exported model on any labelled file of wafer maps: `python -m wafersage_utils.score MODEL DATA`.
+
+MODEL is an exported folder (a merged model, or a LoRA adapter whose base is reachable) carrying
+`wafersage.json` (:mod:`.model_info`), or a run folder (its stage-05 SFT model). DATA is a WM-811K-layout
+pickle (`LSWMD.pkl` or a re-save, compressed or not) or a MixedWM38 `.npz`, read by the project's loaders.
+Each map is rendered exactly as the model was trained (size, palette, scaling from `wafersage.json`), asked
+the defect-type question in the training wording, greedily, in batches; the answer is read back into the
+label vocabulary by the parser every stage uses (:func:`.answers.parse_labels`).
+
+Written to --out: `metrics.json` (stable keys: accuracy, macro_f1, n_maps, maps_per_second; for files with
+mixed maps also exact_match and pattern_macro_f1), `per_class.csv` (precision, recall, F1 with 95% bootstrap
+intervals), `per_map.csv` (id, true, predicted, correct, raw answer) and `confusion.png`.
+
+Definitions. accuracy = exact_match: the answer's label set equals the map's. macro_f1: one-vs-rest F1 over
+the labels that occur in the truth, the defect-free label included (for single-label files the usual
+macro-F1). pattern_macro_f1: the same over the eight patterns only (MixedWM38's measure). An answer that
+names no label is wrong and counted in `unparsed_share`. Maps without a label are skipped and counted
+(`n_unlabelled_skipped`). Intervals resample maps (each map is its own wafer) 1000 times.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ..maps.conventions import NONE_LABEL, VOCAB, label_key
+from ..maps.loaders import load_mixedwm38, load_wm811k
+from ..maps.render import render_array
+from ..plots import confusion
+from ..runner.runs import RUN_PREFIX, atomic_write_text, read_manifest, write_json
+from .answers import parse_labels
+from .model_info import ModelInfo, read_info
+
+log = logging.getLogger("wafersage.score")
+METRICS_FILE = "metrics.json"
+
+
+def resolve_model(path: str | Path) -> tuple[Path, str]:
+    """(folder, kind): a merged model ('merged'), a LoRA adapter ('adapter'), or a run folder's SFT model."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{p}: no such model folder (expected an exported model, an adapter or a run folder)")
+    if (p / "manifest.json").exists() and not (p / "config.json").exists():
+        sft = read_manifest(p).get("05_sft", {}).get("sft")
+        if not sft:
+            raise LookupError(f"{p}/manifest.json: stage 05 has published no SFT model; run stage 05 first")
+        p = p / sft[len(RUN_PREFIX):] if sft.startswith(RUN_PREFIX) else Path(sft)
+    if (p / "adapter_config.json").exists():
+        return p, "adapter"
+    if (p / "config.json").exists():
+        return p, "merged"
+    raise FileNotFoundError(f"{p}: neither a model (config.json) nor an adapter (adapter_config.json)")
+
+
+def load_labelled(path: str | Path, max_maps: int = 0, seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """(maps with labels, unlabelled rows skipped) from a WM-811K pickle or a MixedWM38 .npz. `max_maps` keeps
+    a seeded random sample of the labelled maps (the class mix of the file, in expectation)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such data file")
+    maps = load_mixedwm38(p) if p.suffix == ".npz" else load_wm811k(p, keep_unlabelled=True)
+    labelled = maps["labels"].map(len) > 0
+    skipped = int((~labelled).sum())
+    maps = maps[labelled].reset_index(drop=True)
+    if not len(maps):
+        raise ValueError(f"{p}: no labelled maps ({skipped} unlabelled rows skipped)")
+    if max_maps and len(maps) > max_maps:
+        keep = np.sort(np.random.default_rng(seed).choice(len(maps), max_maps, replace=False))
+        maps = maps.iloc[keep].reset_index(drop=True)
+    return maps, skipped
+
+
+class MapAsker:
+    """A model asked its defect-type question about wafer maps, rendered as it was trained, greedily."""
+
+    def __init__(self, folder: Path, kind: str, info: ModelInfo, device: str = ""):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        self.info, self.device = info, device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+        if kind == "adapter":
+            from peft import PeftModel
+            base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
+            try:
+                model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
+            except OSError as exc:
+                raise FileNotFoundError(f"{folder}: the adapter's base model {base!r} cannot be loaded ({exc}); "
+                                        "score the merged folder instead") from exc
+            model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
+            has_tokenizer = (folder / "tokenizer_config.json").exists()
+            self.processor = AutoProcessor.from_pretrained(str(folder) if has_tokenizer else base)
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype)
+            self.processor = AutoProcessor.from_pretrained(str(folder))
+        self.processor.tokenizer.padding_side = "left"
+        self.model = model.to(self.device).eval()
+        self.prompt = self.processor.apply_chat_template(info.messages(), add_generation_prompt=True, tokenize=False)
+        self.lut = np.array(info.palette_rgb(), np.uint8)
+
+    def image(self, m: np.ndarray):
+        from PIL import Image
+        return Image.fromarray(render_array(m, self.info.image_size, self.lut))
+
+    def ask(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score") -> list[str]:
+        import torch
+        out: list[str] = []
+        bar = tqdm(total=len(maps), desc=desc, unit="map", disable=not progress, mininterval=2.0)
+        for s in range(0, len(maps), max(1, batch_size)):
+            chunk = maps[s: s + batch_size]
+            inputs = self.processor(text=[self.prompt] * len(chunk), images=[self.image(m) for m in chunk],
+                                    padding=True, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False)
+            out += self.processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            bar.update(len(chunk))
+        bar.close()
+        return [a.strip() for a in out]
+
+
+def _binary(labels: list[list[str]], vocab) -> np.ndarray:
+    return np.array([[v in set(x) for v in vocab] for x in labels], bool).reshape(len(labels), len(vocab))
+
+
+def bootstrap_scores(true: list[list[str]], pred: list[list[str]], n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Point values and percentile intervals of accuracy, macro-F1 (labels in the truth), pattern macro-F1 and
+    per-label precision / recall / F1, from resampling maps with replacement (counts weighted per resample)."""
+    vocab = list(VOCAB)
+    yt, yp = _binary(true, vocab), _binary(pred, vocab)
+    right = np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], float)
+    tp, fp, fn = (yt & yp).astype(float), (~yt & yp).astype(float), (yt & ~yp).astype(float)
+    present = yt.any(axis=0)
+    patterns = present & np.array([v != NONE_LABEL for v in vocab])
+    n = len(true)
+
+    def stats(w: np.ndarray) -> dict:  # w: (R, n) weights of each map in each resample (the point: ones)
+        TP, FP, FN = w @ tp, w @ fp, w @ fn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prec = np.where(TP + FP > 0, TP / (TP + FP), 0.0)
+            rec = np.where(TP + FN > 0, TP / (TP + FN), np.nan)
+            f1 = np.where(2 * TP + FP + FN > 0, 2 * TP / (2 * TP + FP + FN), 0.0)
+        return {"accuracy": (w @ right) / w.sum(axis=1), "macro_f1": f1[:, present].mean(axis=1),
+                "pattern_macro_f1": f1[:, patterns].mean(axis=1) if patterns.any() else np.full(len(w), np.nan),
+                "precision": prec, "recall": rec, "f1": f1}
+
+    point = {k: v[0] for k, v in stats(np.ones((1, n))).items()}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list] = {k: [] for k in point}
+    for start in range(0, n_resamples, 100):
+        r = min(100, n_resamples - start)
+        w = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(r)]).astype(float)
+        for k, v in stats(w).items():
+            draws[k].append(v)
+    a = (1 - level) / 2
+    with warnings.catch_warnings():  # recall of a label no resampled map has is undefined (NaN), as at the point
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo = {k: np.nanquantile(np.concatenate(v), a, axis=0) for k, v in draws.items()}
+        hi = {k: np.nanquantile(np.concatenate(v), 1 - a, axis=0) for k, v in draws.items()}
+    out = {}
+    for k in ("accuracy", "macro_f1", "pattern_macro_f1"):
+        out |= {k: float(point[k]), f"{k}_ci_low": float(lo[k]), f"{k}_ci_high": float(hi[k])}
+    rows = []
+    for j, lab in enumerate(vocab):
+        if present[j] or yp[:, j].any():
+            rows.append({"label": lab, "support": int(yt[:, j].sum()), "predicted": int(yp[:, j].sum()),
+                         **{f"{s}{suffix}": float(d[j]) for s in ("precision", "recall", "f1")
+                            for suffix, d in (("", point[s]), ("_ci_low", lo[s]), ("_ci_high", hi[s]))}})
+    out["per_class"] = pd.DataFrame(rows)
+    return out
+
+
+def confusion_figure(true_keys: list[str], pred_keys: list[str], title: str):
+    """Row-normalised confusion of the 12 commonest true label sets (answers outside them as they are)."""
+    top = pd.Series(true_keys).value_counts().index[:12].tolist()
+    keep = [i for i, t in enumerate(true_keys) if t in top]
+    shown = [pred_keys[i] if pred_keys[i] in top else ("(no label)" if not pred_keys[i] else "(other)") for i in keep]
+    labels = [*top, *[x for x in ("(other)", "(no label)") if x in shown]]
+    return confusion([true_keys[i] for i in keep], shown, labels, title)
+
+
+def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progress: bool = True,
+               n_bootstrap: int = 1000, seed: int = 0) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """(metrics, per-class table, per-map table) of a model on labelled maps (columns id, wafer_map, labels)."""
+    t0 = time.perf_counter()
+    answers = asker.ask(list(maps["wafer_map"]), batch_size, progress)
+    seconds = time.perf_counter() - t0
+    true = [list(x) for x in maps["labels"]]
+    pred = [parse_labels(a) for a in answers]
+    b = bootstrap_scores(true, pred, n_bootstrap, seed)
+    mixed = np.array([len([x for x in t if x != NONE_LABEL]) > 1 for t in true], bool)
+    right = np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], bool)
+    per_class = b.pop("per_class")
+    metrics = {**b, "n_maps": len(maps), "maps_per_second": len(maps) / seconds if seconds > 0 else None,
+               "seconds": seconds, "unparsed_share": float(np.mean([not p for p in pred])),
+               "n_mixed": int(mixed.sum()),
+               "accuracy_single": float(right[~mixed].mean()) if (~mixed).any() else None,
+               "accuracy_mixed": float(right[mixed].mean()) if mixed.any() else None}
+    if mixed.any():
+        metrics["exact_match"] = metrics["accuracy"]
+    else:
+        metrics.pop("pattern_macro_f1_ci_low"), metrics.pop("pattern_macro_f1_ci_high")
+        metrics.pop("pattern_macro_f1")
+    metrics |= {f"per_class/{r['label']}/{s}": r[s] for r in per_class.to_dict("records")
+                for s in ("precision", "recall", "f1", "support")}
+    per_map = pd.DataFrame({"id": maps["id"], "true": [label_key(t) for t in true],
+                            "predicted": [label_key(p) for p in pred], "correct": right, "answer": answers})
+    return metrics, per_class, per_map
+
+
+def score(model: str | Path, data: str | Path, out: str | Path | None = None, max_maps: int = 0,
+          batch_size: int = 128, progress: bool = True, n_bootstrap: int = 1000, seed: int = 0,
+          device: str = "") -> dict:
+    """Score MODEL on the labelled maps of DATA; with `out`, write metrics.json, per_class.csv, per_map.csv and
+    confusion.png there. Returns the metrics (the per-class and per-map tables under '_per_class', '_per_map')."""
+    folder, kind = resolve_model(model)
+    info = read_info(folder)
+    maps, skipped = load_labelled(data, max_maps, seed)
+    log.info("scoring %s (%s) on %d maps of %s", folder, kind, len(maps), data)
+    asker = MapAsker(folder, kind, info, device)
+    metrics, per_class, per_map = score_maps(asker, maps, batch_size, progress, n_bootstrap, seed)
+    metrics = {**metrics, "n_unlabelled_skipped": skipped, "model": str(folder), "model_kind": kind,
+               "data": str(data), "max_maps": max_maps, "seed": seed, "device": asker.device,
+               "model_info": asdict(info)}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / METRICS_FILE, metrics)
+        atomic_write_text(out / "per_class.csv", per_class.to_csv(index=False))
+        atomic_write_text(out / "per_map.csv", per_map.to_csv(index=False))
+        fig = confusion_figure(list(per_map["true"]), list(per_map["predicted"]),
+                               f"{Path(str(data)).name}: {len(maps)} maps, accuracy {metrics['accuracy']:.3f}, "
+                               f"macro-F1 {metrics['macro_f1']:.3f}")
+        fig.savefig(out / "confusion.png", dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+        plt.close(fig)
+    return {**metrics, "_per_class": per_class, "_per_map": per_map}
+

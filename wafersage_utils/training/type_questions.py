@@ -1,0 +1,70 @@
+"""The type stream: defect-type questions about every labelled training map, not only the sampled ones.
+
+Descriptions, rubrics and VQA pairs (stages 02 to 04) are made for the maps stage 01 sampled, a few hundred
+per label: enough to teach the answers' language, too few to teach a real data set's classes (WM-811K has
+21,000 training maps). The type stream adds one defect-type question per other labelled, unquarantined
+training map, asked in one of the VQA set's defect-type wordings and answered with the same type sentence
+the VQA answers open with. Wafers of the RL holdout stay out, as their VQA pairs do.
+
+Real data is imbalanced (WM-811K: 59% defect-free, 73 Near-full maps in 30,000). Two knobs, chosen on
+validation: `none_ratio` caps the defect-free questions at that multiple of the defect questions (0: no
+cap), and `class_floor` asks again, in another wording, about the maps of a rarer class until the class has
+that many questions (at most `max_repeat` questions per map).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..corpus.vqa import TEMPLATES, type_sentence
+from ..maps.conventions import NONE_LABEL
+from ..maps.render import render_cached
+
+TYPE_QUESTIONS = [t.text for t in TEMPLATES if t.category == "defect_type"]
+
+
+def stream_maps(maps: pd.DataFrame, exclude_wafers, none_ratio: float = 0.0, class_floor: int = 0,
+                max_repeat: int = 8, seed: int = 0) -> pd.DataFrame:
+    """The training maps the stream asks about (a map repeated for the class floor appears once per
+    question), with the question for each: columns of `maps` plus `question`."""
+    if none_ratio < 0 or class_floor < 0 or max_repeat < 1:
+        raise ValueError(f"type stream: none_ratio {none_ratio} and class_floor {class_floor} must be >= 0, "
+                         f"max_repeat {max_repeat} >= 1")
+    keep = (maps["split"] == "train") & (maps["key"] != "") & ~maps["quarantined"].astype(bool) \
+        & ~maps["id"].isin(set(exclude_wafers))
+    pool = maps[keep]
+    rng = np.random.default_rng(seed)
+    if none_ratio > 0:
+        none = pool.index[pool["key"] == NONE_LABEL]
+        cap = int(round(none_ratio * (len(pool) - len(none))))
+        if len(none) > cap:
+            drop = rng.choice(none, len(none) - cap, replace=False)
+            pool = pool.drop(index=drop)
+    parts = []
+    for _, group in pool.groupby("key", sort=True):
+        repeats = min(max_repeat, int(np.ceil(class_floor / len(group)))) if class_floor > len(group) else 1
+        parts += [group] * repeats
+    out = pd.concat(parts).sort_index(kind="stable") if parts else pool.iloc[:0]
+    # Each repeat of a map gets another wording: a per-map rotation through the templates from a random start.
+    start = rng.integers(0, len(TYPE_QUESTIONS), len(maps))
+    position = maps.index.get_indexer(out.index)
+    nth = out.groupby(level=0).cumcount().to_numpy()
+    out = out.assign(question=[TYPE_QUESTIONS[(start[p] + k) % len(TYPE_QUESTIONS)] for p, k in zip(position, nth)])
+    return out.reset_index(drop=True)
+
+
+def stream_rows(picked: pd.DataFrame, image_size: int, run_dir: Path) -> pd.DataFrame:
+    """VQA-like rows (wafer_id, labels, split, question, answer, image) for the picked maps, their images
+    rendered into the run's image cache (shared with stage 02)."""
+    run_dir = Path(run_dir)
+    paths = render_cached(list(picked["wafer_map"]), image_size, run_dir / "data" / "images")
+    return pd.DataFrame({"wafer_id": picked["id"].to_numpy(), "labels": [list(x) for x in picked["labels"]],
+                         "split": "train", "category": "defect_type", "question": picked["question"].to_numpy(),
+                         "answer": [type_sentence(list(x)) for x in picked["labels"]],
+                         "image": [str(p.relative_to(run_dir)) for p in paths]})
+
+
+def class_counts(rows: pd.DataFrame) -> pd.Series:
+    return rows["labels"].map("+".join).value_counts()
