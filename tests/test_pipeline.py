@@ -78,6 +78,7 @@ def test_run_writes_the_run_folder_and_skips_unchanged_stages(toy):
     assert json.loads((run / "metrics" / "02_second.json").read_text())["value"] == 10.0
     status = json.loads((run / "status.json").read_text())["stages"]
     assert all(s["state"] == "done" and s["wall_s"] > 0 for s in status.values())
+    assert all("commit" in s["git"] for s in status.values())  # each stage records the commit it ran at
     env = json.loads((run / "environment.json").read_text())
     assert {"git", "packages", "device", "torch_threads"} <= set(env) and "commit" in env["git"]
     assert yaml.safe_load((run / "params.yaml").read_text())["01_first"]["value"] == 2

@@ -139,7 +139,8 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
     run_dir = ((results_dir or PROJECT_ROOT / "results") / (run_name or Path(params_path).stem)).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
-    write_json(run_dir / "environment.json", environment_record())
+    environment = environment_record()
+    write_json(run_dir / "environment.json", environment)
     status = _load_status(run_dir)
     status["command"] = " ".join(["python -m wafersage_utils.runner.pipeline", str(params_path)]
                                  + [f"--set {o}" for o in overrides or []] + ([f"--only {only}"] if only else []))
@@ -154,7 +155,9 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
             log.info("%s: unchanged since its last run, skipped (use --force to rerun)", stem)
             continue
         log.info("%s: running", stem)
-        status["stages"][stem] = {"state": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # Each stage records the commit it ran at: a partial rerun rewrites environment.json, not older stages' record.
+        status["stages"][stem] = {"state": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                  "git": environment["git"]}
         write_json(run_dir / "status.json", status)
         t0 = time.perf_counter()
         try:
