@@ -90,3 +90,13 @@ def test_a_report_that_cannot_be_made_is_logged_not_raised(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="wafersage.pipeline"):
         assert pipeline.report_or_warn(tmp_path) is None
     assert "REPORT.md not written: JSONDecodeError" in caplog.text and not (tmp_path / "REPORT.md").exists()
+
+
+def test_atomic_writes_leave_ordinary_permissions(tmp_path):
+    import os
+    import stat
+    from wafersage_utils.runner.runs import atomic_write_text
+    atomic_write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode), oct(mode)  # as open() makes it, not 0600

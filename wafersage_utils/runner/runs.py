@@ -32,6 +32,10 @@ TRACKED_PACKAGES = ("wafersage_utils", "numpy", "pandas", "pyarrow", "scipy", "s
                     "matplotlib", "seaborn")
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 @contextmanager
 def atomic_target(path: Path):
     """A temporary path beside `path` to write to; it replaces `path` only when the block succeeds, so a crash
@@ -42,6 +46,7 @@ def atomic_target(path: Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); the result is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
