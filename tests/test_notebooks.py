@@ -200,7 +200,9 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
     row = next(line for line in text.splitlines() if line.startswith(f"| [{run.name}]"))
-    assert f"| {m['n_test_wafers']} |" in row and f"{m['rl/rule_score']:.3f}" in row and "generated maps" in row
+    n_type = m["type_eval_maps"] if m["type_eval"] == "split" else m["n_test_wafers"]
+    assert f"| {n_type} |" in row and f"{m['rl/rule_score']:.3f}" in row and "generated maps" in row
+    assert f"| {m['sim2real/sft/macro_f1']:.3f} [" in row  # the scorer's output on real maps, from scores/
     # the run report: every stage with its figures and metrics, stage 07's tables as its section
     from wafersage_utils.runner import run_report
     rep = run_report.write_run_report(run).read_text()
