@@ -109,15 +109,19 @@ def read_info(folder: Path) -> ModelInfo:
 # Which of a run's metrics a card shows: (metrics file stem, key, what it is); {m} is the model (sft, rl). Only
 # the model's own rows enter the Hugging Face model-index; the baseline's are context in the table.
 CARD_METRICS = (
-    ("07_eval", "{m}/type_accuracy", "defect-type accuracy, test split (single-pattern maps)"),
+    ("07_eval", "{m}/type_accuracy", "defect-type accuracy, test split (single-pattern maps; type_eval says which)"),
     ("07_eval", "{m}/type_macro_f1", "defect-type macro-F1, test split"),
+    ("07_eval", "type_eval_maps", "test maps of the two rows above (with type_eval split: every labelled test map)"),
     ("07_eval", "baseline/type_accuracy", "classical baseline (features + gradient boosting) on the same maps"),
     ("07_eval", "baseline/type_macro_f1", "classical baseline macro-F1 on the same maps"),
     ("07_eval", "{m}/rule_score", "rubric rule score, test split (0-1)"),
     ("07_eval", "{m}/judge_score", "judge score, test split (0-10)"),
-    ("05_sft", "{m}/type_accuracy_test", "defect-type accuracy at stage 05, test split"),
+    ("05_sft", "{m}/type_accuracy_test", "defect-type accuracy at stage 05 on the sampled test wafers' VQA questions"),
     ("07_eval", "sim2real/{m}/macro_f1", "a synthetic-trained model on real WM-811K maps, macro-F1"),
 )
+
+
+INDEXED = {"sft/type_accuracy", "sft/type_macro_f1", "rl/type_accuracy", "rl/type_macro_f1"}  # the model-index's rows
 
 
 def _cell(v) -> str:
@@ -134,7 +138,7 @@ def model_card(info: ModelInfo, metrics: dict[str, dict], training: dict, which:
     measured = [(k.format(m=which), what, metrics.get(stem, {}).get(k.format(m=which))) for stem, k, what in CARD_METRICS]
     rows = "\n".join(f"| `{k}` | {_cell(v)} | {what} |" for k, what, v in measured if v is not None)
     index = "\n".join(f"    - name: {k}\n      type: {k.split('/')[-1]}\n      value: {round(v, 4)}"
-                      for k, _, v in measured if isinstance(v, float) and not k.startswith("baseline/"))
+                      for k, _, v in measured if isinstance(v, float) and k in INDEXED)
     base = "Qwen3-VL (tiny, built offline by the pipeline)" if info.base_model in ("", "tiny") or \
         "tiny-" in info.base_model else info.base_model
     base_meta = info.base_model if "/" in info.base_model and not Path(info.base_model).exists() else ""
@@ -221,6 +225,9 @@ def document_export(run_dir: Path, folder: Path, which: str = "sft") -> ModelInf
     manifest = read_json_or_empty(run_dir / "manifest.json")
     settings = read_json_or_empty(run_dir / "settings" / "05_sft.json")
     metrics = run_metrics(run_dir)
+    real = read_json_or_empty(run_dir / "scores" / "wm811k_dev" / "metrics.json")  # the scorer on real maps
+    if which == "sft" and "macro_f1" in real:
+        metrics.setdefault("07_eval", {}).setdefault("sim2real/sft/macro_f1", real["macro_f1"])
     clean, sft = metrics.get("01_clean", {}), metrics.get("05_sft", {})
     trained_on = {"source": clean.get("source", "synthetic"), "train_split_maps": clean.get("split/n_train"),
                   "sft_pairs": sft.get("n_sft_pairs"), "type_stream_pairs": sft.get("n_type_stream_pairs")}
