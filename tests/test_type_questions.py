@@ -1,0 +1,49 @@
+"""The type stream: which training maps get a defect-type question, how often, and in which words."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wafersage_utils.training import type_questions
+
+
+def _maps(counts: dict[str, int]) -> pd.DataFrame:
+    rows = [{"id": f"{k}-{i}", "key": k, "labels": [k], "split": "train", "quarantined": False}
+            for k, n in counts.items() for i in range(n)]
+    rows += [{"id": "val-0", "key": "Loc", "labels": ["Loc"], "split": "val", "quarantined": False},
+             {"id": "bad-0", "key": "Loc", "labels": ["Loc"], "split": "train", "quarantined": True},
+             {"id": "unl-0", "key": "", "labels": [], "split": "train", "quarantined": False}]
+    return pd.DataFrame(rows)
+
+
+def test_stream_keeps_only_labelled_unquarantined_training_maps_outside_the_excluded():
+    maps = _maps({"none": 50, "Loc": 20})
+    out = type_questions.stream_maps(maps, exclude_wafers={"Loc-0", "none-3"})
+    assert len(out) == 68 and not {"Loc-0", "none-3", "val-0", "bad-0", "unl-0"} & set(out["id"])
+    assert set(out["question"]) <= set(type_questions.TYPE_QUESTIONS)
+
+
+def test_none_cap_and_class_floor_with_other_wordings():
+    maps = _maps({"none": 300, "Loc": 40, "Scratch": 5})
+    out = type_questions.stream_maps(maps, set(), none_ratio=2.0, class_floor=30, max_repeat=4, seed=1)
+    counts = out["key"].value_counts()
+    assert counts["none"] == 2 * (40 + 5) and counts["Loc"] == 40  # Loc is above the floor: once each
+    assert counts["Scratch"] == 20  # 5 maps, at most 4 questions each (the floor of 30 is not reached)
+    per_map = out[out["key"] == "Scratch"].groupby("id")["question"]
+    assert (per_map.nunique() == 4).all()  # a repeated map is asked in another wording each time
+    again = type_questions.stream_maps(maps, set(), none_ratio=2.0, class_floor=30, max_repeat=4, seed=1)
+    assert out.equals(again)  # seeded
+
+
+def test_stream_rejects_negative_knobs():
+    with pytest.raises(ValueError, match="none_ratio"):
+        type_questions.stream_maps(_maps({"Loc": 3}), set(), none_ratio=-1.0)
+
+
+def test_stream_rows_answer_with_the_type_sentence(tmp_path):
+    maps = _maps({"Loc": 2}).iloc[:2].assign(wafer_map=[np.ones((10, 10), np.uint8)] * 2)
+    picked = type_questions.stream_maps(maps, set())
+    rows = type_questions.stream_rows(picked, 32, tmp_path)
+    assert list(rows["answer"]) == ["This wafer map shows a localized defect pattern."] * 2
+    assert all((tmp_path / p).exists() for p in rows["image"]) and rows["image"].str.startswith("data/images/32/").all()
