@@ -64,7 +64,7 @@ def test_scorer_on_the_wm811k_sample_writes_consistent_numbers(sample_scores):
     for key in ("accuracy", "macro_f1", "n_maps", "maps_per_second", "unparsed_share", "n_unlabelled_skipped"):
         assert key in on_disk, key
     assert "exact_match" not in on_disk  # a single-label file
-    per_map = pd.read_csv(out / "per_map.csv")
+    per_map = pd.read_csv(out / "per_map.csv.gz")
     assert list(per_map.columns) == ["id", "true", "predicted", "correct", "answer"]
     assert len(per_map) == on_disk["n_maps"] == 200 and on_disk["n_unlabelled_skipped"] == 0
     assert (per_map["predicted"] == "Edge-Ring").all(), per_map["answer"].value_counts().head()

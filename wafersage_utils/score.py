@@ -2,7 +2,7 @@
 
 Scores an exported model (or a run folder's SFT model) on a labelled WM-811K pickle or MixedWM38 .npz; the
 work is in :mod:`wafersage_utils.evaluation.scorer`, where the measures are defined. Prints the headline
-numbers; with --out writes metrics.json, per_class.csv, per_map.csv and confusion.png. This command and the
+numbers; with --out writes metrics.json, per_class.csv, per_map.csv.gz and confusion.png. This command and the
 keys accuracy, macro_f1, n_maps, maps_per_second (exact_match, pattern_macro_f1 for mixed maps) are stable.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wafersage-score", description=__doc__.split("\n\n")[1])
     ap.add_argument("model", help="exported model folder (merged or adapter, with wafersage.json) or a run folder")
     ap.add_argument("data", help="labelled maps: WM-811K-layout pickle (.pkl, .pkl.xz, ...) or MixedWM38 .npz")
-    ap.add_argument("--out", default=None, help="folder for metrics.json, per_class.csv, per_map.csv, confusion.png")
+    ap.add_argument("--out", default=None, help="folder for metrics.json, per_class.csv, per_map.csv.gz, confusion.png")
     ap.add_argument("--max-maps", type=int, default=0, help="score a seeded random sample of this many maps (0: all)")
     ap.add_argument("--batch-size", type=int, default=128, help="maps per generation batch")
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")

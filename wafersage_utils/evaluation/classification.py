@@ -33,6 +33,11 @@ def _binarised(true: list[list[str]], pred: list[list[str]]):
     return mlb.fit_transform(true), mlb.fit_transform(pred)
 
 
+def exact_matches(true: list[list[str]], pred: list[list[str]]) -> np.ndarray:
+    """Per question: the predicted label set is the true one (an empty prediction is never right)."""
+    return np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], bool)
+
+
 def macro_f1(true: list[list[str]], pred: list[list[str]]) -> float:
     """Macro-F1 over the labels that occur in the truth (a label nobody has cannot be recalled)."""
     yt, yp = _binarised(true, pred)
@@ -44,7 +49,7 @@ def macro_f1(true: list[list[str]], pred: list[list[str]]) -> float:
 
 def classification(true: list[list[str]], pred: list[list[str]]) -> dict:
     """Accuracy (exact set) on single-pattern and mixed wafers, macro-F1, per-class recall, unparsed share."""
-    correct = np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], bool)
+    correct = exact_matches(true, pred)
     mixed = np.array([is_mixed(t) for t in true], bool)
     out = {"accuracy": float(correct[~mixed].mean()) if (~mixed).any() else float("nan"),
            "accuracy_mixed": float(correct[mixed].mean()) if mixed.any() else float("nan"),
@@ -105,7 +110,7 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
         c = classification(true, pred)
         table[name] = c
 
-        right = np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], float)
+        right = exact_matches(true, pred).astype(float)
 
         def acc(idx, right=right):
             idx = idx[single[idx]]

@@ -9,7 +9,7 @@ label vocabulary by the parser every stage uses (:func:`.answers.parse_labels`).
 
 Written to --out: `metrics.json` (stable keys: accuracy, macro_f1, n_maps, maps_per_second; for files with
 mixed maps also exact_match and pattern_macro_f1), `per_class.csv` (precision, recall, F1 with 95% bootstrap
-intervals), `per_map.csv` (id, true, predicted, correct, raw answer) and `confusion.png`.
+intervals), `per_map.csv.gz` (id, true, predicted, correct, raw answer) and `confusion.png`.
 
 Definitions. accuracy = exact_match: the answer's label set equals the map's. macro_f1: one-vs-rest F1 over
 the labels that occur in the truth, the defect-free label included (for single-label files the usual
@@ -34,8 +34,9 @@ from ..maps.conventions import NONE_LABEL, VOCAB, label_key
 from ..maps.loaders import load_mixedwm38, load_wm811k
 from ..maps.render import render_array
 from ..plots import confusion
-from ..runner.runs import RUN_PREFIX, atomic_write_text, read_manifest, write_json
+from ..runner.runs import RUN_PREFIX, atomic_target, atomic_write_text, read_manifest, write_json
 from .answers import parse_labels
+from .classification import exact_matches
 from .model_info import ModelInfo, read_info
 
 log = logging.getLogger("wafersage.score")
@@ -124,6 +125,13 @@ class MapAsker:
         return [a.strip() for a in out]
 
 
+def predicted_labels(folder: str | Path, info: ModelInfo, maps: pd.DataFrame, batch_size: int = 128,
+                     desc: str = "score") -> list[list[str]]:
+    """The labels a merged model's answers name for each map, asked as `info` says (one model in memory)."""
+    asker = MapAsker(resolve_model(folder)[0], "merged", info)
+    return [parse_labels(a) for a in asker.ask(list(maps["wafer_map"]), batch_size, desc=desc)]
+
+
 def _binary(labels: list[list[str]], vocab) -> np.ndarray:
     return np.array([[v in set(x) for v in vocab] for x in labels], bool).reshape(len(labels), len(vocab))
 
@@ -134,7 +142,7 @@ def bootstrap_scores(true: list[list[str]], pred: list[list[str]], n_resamples: 
     per-label precision / recall / F1, from resampling maps with replacement (counts weighted per resample)."""
     vocab = list(VOCAB)
     yt, yp = _binary(true, vocab), _binary(pred, vocab)
-    right = np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], float)
+    right = exact_matches(true, pred).astype(float)
     tp, fp, fn = (yt & yp).astype(float), (~yt & yp).astype(float), (yt & ~yp).astype(float)
     present = yt.any(axis=0)
     patterns = present & np.array([v != NONE_LABEL for v in vocab])
@@ -195,7 +203,7 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
     pred = [parse_labels(a) for a in answers]
     b = bootstrap_scores(true, pred, n_bootstrap, seed)
     mixed = np.array([len([x for x in t if x != NONE_LABEL]) > 1 for t in true], bool)
-    right = np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], bool)
+    right = exact_matches(true, pred)
     per_class = b.pop("per_class")
     metrics = {**b, "n_maps": len(maps), "maps_per_second": len(maps) / seconds if seconds > 0 else None,
                "seconds": seconds, "unparsed_share": float(np.mean([not p for p in pred])),
@@ -214,14 +222,28 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
     return metrics, per_class, per_map
 
 
-def score(model: str | Path, data: str | Path, out: str | Path | None = None, max_maps: int = 0,
-          batch_size: int = 128, progress: bool = True, n_bootstrap: int = 1000, seed: int = 0,
-          device: str = "") -> dict:
-    """Score MODEL on the labelled maps of DATA; with `out`, write metrics.json, per_class.csv, per_map.csv and
-    confusion.png there. Returns the metrics (the per-class and per-map tables under '_per_class', '_per_map')."""
-    folder, kind = resolve_model(model)
+PER_MAP_FILE = "per_map.csv.gz"  # one row per map; compressed: the answers repeat (5.4 MB -> a few hundred KB)
+
+
+def write_outputs(out: Path, metrics: dict, per_class: pd.DataFrame, per_map: pd.DataFrame, title: str) -> None:
+    """metrics.json, per_class.csv, per_map.csv.gz and confusion.png in `out`."""
+    import matplotlib.pyplot as plt
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / METRICS_FILE, metrics)
+    atomic_write_text(out / "per_class.csv", per_class.to_csv(index=False))
+    with atomic_target(out / PER_MAP_FILE) as tmp:
+        per_map.to_csv(tmp, index=False, compression={"method": "gzip", "mtime": 0})  # mtime 0: same bytes each run
+    fig = confusion_figure(list(per_map["true"]), list(per_map["predicted"]), title)
+    fig.savefig(out / "confusion.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def score_loaded(folder: Path, kind: str, maps: pd.DataFrame, skipped: int, data: str | Path,
+                 out: str | Path | None = None, batch_size: int = 128, progress: bool = True,
+                 n_bootstrap: int = 1000, seed: int = 0, device: str = "", max_maps: int = 0) -> dict:
+    """:func:`score` on maps already loaded (:func:`load_labelled`)."""
     info = read_info(folder)
-    maps, skipped = load_labelled(data, max_maps, seed)
     log.info("scoring %s (%s) on %d maps of %s", folder, kind, len(maps), data)
     asker = MapAsker(folder, kind, info, device)
     metrics, per_class, per_map = score_maps(asker, maps, batch_size, progress, n_bootstrap, seed)
@@ -229,16 +251,19 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ma
                "data": str(data), "max_maps": max_maps, "seed": seed, "device": asker.device,
                "model_info": asdict(info)}
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / METRICS_FILE, metrics)
-        atomic_write_text(out / "per_class.csv", per_class.to_csv(index=False))
-        atomic_write_text(out / "per_map.csv", per_map.to_csv(index=False))
-        fig = confusion_figure(list(per_map["true"]), list(per_map["predicted"]),
-                               f"{Path(str(data)).name}: {len(maps)} maps, accuracy {metrics['accuracy']:.3f}, "
-                               f"macro-F1 {metrics['macro_f1']:.3f}")
-        fig.savefig(out / "confusion.png", dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-        plt.close(fig)
+        write_outputs(Path(out), metrics, per_class, per_map,
+                      f"{Path(str(data)).name}: {len(maps)} maps, accuracy {metrics['accuracy']:.3f}, "
+                      f"macro-F1 {metrics['macro_f1']:.3f}")
     return {**metrics, "_per_class": per_class, "_per_map": per_map}
 
+
+def score(model: str | Path, data: str | Path, out: str | Path | None = None, max_maps: int = 0,
+          batch_size: int = 128, progress: bool = True, n_bootstrap: int = 1000, seed: int = 0,
+          device: str = "") -> dict:
+    """Score MODEL on the labelled maps of DATA; with `out`, write metrics.json, per_class.csv, per_map.csv.gz
+    and confusion.png there. Returns the metrics (the per-class and per-map tables under '_per_class', '_per_map')."""
+    folder, kind = resolve_model(model)
+    read_info(folder)  # refuse a folder without its metadata before loading any data
+    maps, skipped = load_labelled(data, max_maps, seed)
+    return score_loaded(folder, kind, maps, skipped, data, out, batch_size, progress, n_bootstrap, seed, device,
+                        max_maps)

@@ -25,7 +25,11 @@ from sklearn.metrics import roc_auc_score
 from ..maps import classify
 from ..maps.features import extract_features, feature_names
 from ..maps.loaders import DATA_ENV, resolve_data_path
-from .classification import labels_of_key
+from ..maps.table import read_table
+from ..runner.runs import atomic_write_text
+from . import scorer
+from .stats import mcnemar
+from .classification import exact_matches, labels_of_key
 
 
 def baseline_predictions(X_train: np.ndarray, train_keys, X_real: np.ndarray, classifier: str = "hgb",
@@ -114,3 +118,37 @@ def resolve_real(real_check: str, run_source: str) -> tuple[Path | None, str]:
     except FileNotFoundError as exc:
         return None, str(exc)
     return (path, "") if path.exists() else (None, f"{path}: no such file")
+
+
+def compare(sft_folder: str | Path, real_path: Path, run_data: Path, out: Path, max_maps: int = 0,
+            batch_size: int = 128, n_bootstrap: int = 1000, seed: int = 0, classifier: str = "hgb") -> dict:
+    """Stage 07's sim-to-real section: the run's SFT model scored on the real maps (the scorer's files in `out`,
+    the baseline's per-class table beside them), the baseline refit on the run's generated training maps
+    (stage 01's maps.parquet and features.npy in `run_data`), a paired test and the per-class domain gap.
+    Returns metrics (flat 'sim2real/...' keys), the per-class table and the figure."""
+    maps, skipped = scorer.load_labelled(real_path, max_maps, seed)
+    folder, kind = scorer.resolve_model(sft_folder)
+    vlm = scorer.score_loaded(folder, kind, maps, skipped, real_path, out, batch_size, True, n_bootstrap, seed,
+                              max_maps=max_maps)
+    generated = read_table(Path(run_data) / "maps.parquet")
+    train = ((generated["split"] == "train") & (generated["key"] != "") & ~generated["quarantined"]).to_numpy()
+    X_gen, gen_keys = np.load(Path(run_data) / "features.npy")[train], generated.loc[train, "key"]
+    X_real = real_features(maps)
+    truth = [list(x) for x in maps["labels"]]
+    base_pred = baseline_predictions(X_gen, gen_keys, X_real, classifier, seed)
+    base = scorer.bootstrap_scores(truth, base_pred, n_bootstrap, seed)
+    gap = domain_gap(X_gen, gen_keys, X_real, ["+".join(x) for x in truth], seed=seed)
+    paired = mcnemar(vlm["_per_map"]["correct"].to_numpy(), exact_matches(truth, base_pred))
+    atomic_write_text(Path(out) / "baseline_per_class.csv", base["per_class"].to_csv(index=False))
+    per_class = vlm["_per_class"].merge(base["per_class"], on="label", how="outer", suffixes=("_sft", "_baseline"))
+    per_class = per_class.merge(gap, on="label", how="left") if len(gap) else per_class
+    fig = side_by_side({"SFT (VLM)": vlm["_per_class"], "baseline (features + HGB)": base["per_class"]}, gap,
+                       f"Trained on generated maps, scored on {len(maps)} real maps ({Path(real_path).name})")
+    metrics = {"sim2real/data": Path(real_path).name, "sim2real/n_maps": vlm["n_maps"],
+               "sim2real/sft/maps_per_second": vlm["maps_per_second"], "sim2real/mcnemar_p": paired["p_value"],
+               "sim2real/sft/unparsed_share": vlm["unparsed_share"]}
+    for name, m in (("sft", vlm), ("baseline", base)):
+        metrics |= {f"sim2real/{name}/{k}": m[k] for k in ("accuracy", "accuracy_ci_low", "accuracy_ci_high",
+                                                            "macro_f1", "macro_f1_ci_low", "macro_f1_ci_high")}
+    metrics |= {f"sim2real/domain_auc/{r.label}": r.domain_auc for r in gap.itertuples()}
+    return {"metrics": metrics, "per_class": per_class, "figure": fig}
