@@ -165,6 +165,21 @@ def test_type_table_intervals_bracket_the_estimate_and_names_are_kept():
     assert classification.labels_of_key("Center+Loc") == ["Center", "Loc"] and classification.labels_of_key(float("nan")) == []
 
 
+def test_type_table_adds_exact_match_and_pattern_f1_where_wafers_are_mixed():
+    """MixedWM38's measures, known by hand: exact match over every wafer, macro-F1 over the patterns alone."""
+    labels = [["Center", "Scratch"], ["Center"], ["Scratch"], ["none"]] * 10
+    pred = [["Center"], ["Center"], ["Scratch"], ["none"]] * 10  # the mixed wafers lose their Scratch
+    _, m = classification.type_table(pd.DataFrame({"wafer_id": [f"w{i}" for i in range(40)], "labels": labels}),
+                                     {"sft": pred}, n_resamples=200)
+    assert m["sft/type_exact_match"] == 0.75 and m["sft/type_accuracy"] == 1.0 and m["sft/type_accuracy_mixed"] == 0
+    # Center: F1 1; Scratch: 10 of 20 found, no false alarm: F1 2/3; defect-free left out.
+    assert m["sft/type_pattern_macro_f1"] == pytest.approx((1 + 2 / 3) / 2)
+    assert m["sft/type_exact_match_ci_low"] <= 0.75 <= m["sft/type_exact_match_ci_high"]
+    _, single = classification.type_table(pd.DataFrame({"wafer_id": ["a", "b"], "labels": [["Loc"], ["none"]]}),
+                                          {"sft": [["Loc"], ["none"]]}, n_resamples=20)
+    assert "sft/type_exact_match" not in single  # no mixed wafer: the single-label measures say it all
+
+
 # --- error taxonomy --------------------------------------------------------------------------------------
 
 def _facts():

@@ -91,3 +91,32 @@ def test_mixed_maps_follow_mixedwm38_groups():
     for labels in df.labels_true:
         assert 2 <= len(labels) <= 4
         assert not {"Center", "Donut"} <= set(labels) and not {"Edge-Loc", "Edge-Ring"} <= set(labels)
+
+
+def _neighbour_share(m: np.ndarray) -> float:
+    """Share of failing dies with a failing 4-neighbour."""
+    f = np.pad(m == FAIL, 1)
+    nb = f[:-2, 1:-1] | f[2:, 1:-1] | f[1:-1, :-2] | f[1:-1, 2:]
+    return float((nb & f[1:-1, 1:-1]).sum() / max(1, f.sum()))
+
+
+def test_clumped_background_keeps_the_rate_and_clusters_the_failures():
+    """Real background failures come in clumps: with clumping the fail rate stays (mean-preserving
+    log-normal field) while failing dies have failing neighbours more often than independent dies do."""
+    flat = [synth.render_map(60, 60, [], 0.08, np.random.default_rng(s)) for s in range(40)]
+    lumpy = [synth.render_map(60, 60, [], 0.08, np.random.default_rng(s), clumping=2.0) for s in range(40)]
+    rate = lambda ms: np.mean([(m == FAIL).sum() / (m > 0).sum() for m in ms])  # noqa: E731
+    assert abs(rate(lumpy) / rate(flat) - 1) < 0.15
+    assert np.mean([_neighbour_share(m) for m in lumpy]) > np.mean([_neighbour_share(m) for m in flat]) + 0.05
+
+
+def test_independent_background_draws_no_extra_random_numbers():
+    """clumping 0 is the old generator exactly: the same maps, and the stream left where it was."""
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    m1 = synth.render_map(30, 34, [], 0.1, a)
+    m2 = synth.render_map(30, 34, [], 0.1, b, clumping=0.0)
+    assert np.array_equal(m1, m2) and a.random() == b.random()
+    ref = np.random.default_rng(1)
+    x, y = synth.die_coordinates(30, 34)
+    expected = ref.random((30, 34)) >= 1.0 - 0.1 * (1.0 + 1.5 * np.hypot(x, y) ** 6)
+    assert np.array_equal(m1 == FAIL, expected & (np.hypot(x, y) <= 1.0))

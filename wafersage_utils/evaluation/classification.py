@@ -47,6 +47,15 @@ def macro_f1(true: list[list[str]], pred: list[list[str]]) -> float:
     return float(f1_score(yt[:, present], yp[:, present], average="macro", zero_division=0))
 
 
+def pattern_macro_f1(true: list[list[str]], pred: list[list[str]]) -> float:
+    """Macro-F1 over the eight patterns that occur in the truth, defect-free left out (MixedWM38's measure)."""
+    yt, yp = _binarised(true, pred)
+    keep = (yt.sum(axis=0) > 0) & np.array([v != NONE_LABEL for v in VOCAB])
+    if not keep.any():
+        return float("nan")
+    return float(f1_score(yt[:, keep], yp[:, keep], average="macro", zero_division=0))
+
+
 def classification(true: list[list[str]], pred: list[list[str]]) -> dict:
     """Accuracy (exact set) on single-pattern and mixed wafers, macro-F1, per-class recall, unparsed share."""
     correct = exact_matches(true, pred)
@@ -99,6 +108,9 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
     lists in the same order (parsed model answers, the classical baseline, the majority class). Returns the
     table (one row per predictor) and flat metrics `<name>/type_accuracy`, `<name>/type_macro_f1` with
     wafer-resampling `_ci_low` / `_ci_high`, `<name>/type_accuracy_mixed` and `<name>/type_recall/<label>`.
+    Where some wafers carry mixed patterns, also over every question: `<name>/type_exact_match` (exact set)
+    and `<name>/type_pattern_macro_f1` (the patterns, defect-free left out), with intervals: MixedWM38's
+    measures.
     """
     true = [list(x) for x in types["labels"]]
     table, metrics = {}, {}
@@ -118,7 +130,16 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
 
         def f1(idx, pred=pred):
             return macro_f1([true[i] for i in idx], [pred[i] for i in idx])
-        for key, fn, value in (("type_accuracy", acc, c["accuracy"]), ("type_macro_f1", f1, c["macro_f1"])):
+        def exact(idx, right=right):
+            return right[idx].mean() if len(idx) else np.nan
+
+        def pattern_f1(idx, pred=pred):
+            return pattern_macro_f1([true[i] for i in idx], [pred[i] for i in idx])
+        measures = [("type_accuracy", acc, c["accuracy"]), ("type_macro_f1", f1, c["macro_f1"])]
+        if not single.all():
+            measures += [("type_exact_match", exact, float(right.mean())),
+                         ("type_pattern_macro_f1", pattern_f1, pattern_macro_f1(true, pred))]
+        for key, fn, value in measures:
             lo, hi = wafer_interval(wafers, fn, n_resamples, seed=seed)
             metrics |= {f"{name}/{key}": value, f"{name}/{key}_ci_low": lo, f"{name}/{key}_ci_high": hi}
         metrics[f"{name}/type_accuracy_mixed"] = c["accuracy_mixed"]

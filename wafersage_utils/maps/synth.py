@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.ndimage import gaussian_filter
 
 from .conventions import FAIL, NO_DIE, NONE_LABEL, PASS, PATTERNS, WM811K_COUNTS, die_coordinates, label_key
 
@@ -57,6 +58,7 @@ class SynthConfig:
     label_noise: float = 0.1  # share of maps whose given label is a realistic confusion
     lot_affinity: float = 0.5  # chance a wafer takes its lot's dominant pattern
     median_side: float = 33.0  # dies across; WM-811K's median
+    background_clumping: float = 1.5  # largest log-scale of the clumped background (0: independent dies)
     seed: int = 0
 
 
@@ -181,12 +183,29 @@ def pattern_field(g: dict, x: np.ndarray, y: np.ndarray, height: int, width: int
     raise ValueError(f"unknown pattern type {name!r}")
 
 
-def render_map(height: int, width: int, patterns: list[dict], bg_rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Sample a wafer map (H, W) uint8 in {0, 1, 2} from a background rate and pattern geometries."""
+def background_clumps(height: int, width: int, on_wafer: np.ndarray, scale: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Multiplier (H, W) of the background failure rate: exp(scale z - scale^2 / 2), z white noise smoothed over
+    about one die and standardised on the wafer, so the rate's mean is kept and its failures come in clumps."""
+    z = gaussian_filter(rng.standard_normal((height, width)), sigma=1.0, mode="nearest")
+    z = (z - z[on_wafer].mean()) / max(float(z[on_wafer].std()), 1e-9)
+    return np.exp(scale * z - scale**2 / 2)
+
+
+def render_map(height: int, width: int, patterns: list[dict], bg_rate: float, rng: np.random.Generator,
+               clumping: float = 0.0) -> np.ndarray:
+    """Sample a wafer map (H, W) uint8 in {0, 1, 2} from a background rate and pattern geometries.
+
+    Real background failures are spatially clumped (particles, local process spots): with `clumping` > 0 each
+    map draws a scale s uniformly in [0, clumping] and the background rate varies as :func:`background_clumps`.
+    With 0 every die fails independently (and no random number is drawn for it)."""
     x, y = die_coordinates(height, width)
     r = np.hypot(x, y)
     on_wafer = r <= 1.0
-    p_ok = 1.0 - bg_rate * (1.0 + 1.5 * r**6)  # background fails rise towards the edge
+    rate = np.full((height, width), bg_rate)
+    if clumping > 0:
+        rate = rate * background_clumps(height, width, on_wafer, float(rng.uniform(0.0, clumping)), rng)
+    p_ok = np.clip(1.0 - rate * (1.0 + 1.5 * r**6), 0.0, 1.0)  # background fails rise towards the edge
     for g in patterns:
         p_ok = p_ok * (1.0 - pattern_field(g, x, y, height, width))
     fails = rng.random((height, width)) >= p_ok
@@ -244,7 +263,7 @@ def generate(cfg: SynthConfig) -> pd.DataFrame:
         geoms = [_draw_pattern(n, rng, lot) for n in labels if n != NONE_LABEL]
         factor = min(BACKGROUND_FACTOR[n] for n in labels)
         bg = float(np.clip(lot["bg"] * factor * rng.lognormal(0.0, 0.35), 0.005, 0.35))
-        wmap = render_map(lot["height"], lot["width"], geoms, bg, rng)
+        wmap = render_map(lot["height"], lot["width"], geoms, bg, rng, cfg.background_clumping)
         rows.append({
             "id": f"syn-{cfg.seed}-{i:06d}", "source": "synthetic", "lot": f"synlot{lot_no:05d}",
             "wafer_index": lot["size"] - lot["left"], "wafer_map": wmap,
