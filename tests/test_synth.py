@@ -105,7 +105,7 @@ def test_clumped_background_keeps_the_rate_and_clusters_the_failures():
     log-normal field) while failing dies have failing neighbours more often than independent dies do."""
     flat = [synth.render_map(60, 60, [], 0.08, np.random.default_rng(s)) for s in range(40)]
     lumpy = [synth.render_map(60, 60, [], 0.08, np.random.default_rng(s), clumping=2.0) for s in range(40)]
-    rate = lambda ms: np.mean([(m == FAIL).sum() / (m > 0).sum() for m in ms])  # noqa: E731
+    rate = lambda ms: np.mean([(m == FAIL).sum() / (m > 0).sum() for m in ms])
     assert abs(rate(lumpy) / rate(flat) - 1) < 0.15
     assert np.mean([_neighbour_share(m) for m in lumpy]) > np.mean([_neighbour_share(m) for m in flat]) + 0.05
 

@@ -185,8 +185,8 @@ def headline_markdown(run_dirs: list[Path]) -> str:
     lines += [_run_row(Path(r)) for r in run_dirs]
     if any(json.loads((Path(r) / "metrics" / "01_clean.json").read_text()).get("source") == "mixedwm38"
            for r in run_dirs):
-        lines += ["", "\\* MixedWM38: exact-match accuracy over every test map (single and mixed) and macro-F1 "
-                  "over the eight patterns, the data set's usual measures."]
+        lines += ["", ("\\* MixedWM38: exact-match accuracy over every test map (single and mixed) and macro-F1 "
+                       "over the eight patterns, the data set's usual measures.")]
     return "\n".join(lines)
 
 
