@@ -170,6 +170,13 @@ def test_model_card_is_generated_from_the_run_metrics(typist, tmp_path):
     assert "| `baseline/type_accuracy` | 0.943 |" in card and "WM-811K" in card and "80 x 80 px" in card
     assert "| lora_r | 16 |" in card
     assert model_info.read_info(folder).image_size == 80
+    # a run of mixed maps: its exact match and pattern macro-F1 enter the model-index too
+    (run / "metrics" / "07_eval.json").write_text(json.dumps({"sft/type_accuracy": 0.9, "sft/type_exact_match": 0.85,
+                                                               "sft/type_pattern_macro_f1": 0.8}))
+    model_info.document_export(run, folder)
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    values = {r["name"]: r["value"] for r in meta["model-index"][0]["results"][0]["metrics"]}
+    assert values == {"sft/type_accuracy": 0.9, "sft/type_exact_match": 0.85, "sft/type_pattern_macro_f1": 0.8}
 
 
 def test_vocabulary_of_the_parser_covers_the_metadata_labels():

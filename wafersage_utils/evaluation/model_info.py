@@ -111,9 +111,13 @@ def read_info(folder: Path) -> ModelInfo:
 CARD_METRICS = (
     ("07_eval", "{m}/type_accuracy", "defect-type accuracy, test split (single-pattern maps; type_eval says which)"),
     ("07_eval", "{m}/type_macro_f1", "defect-type macro-F1, test split"),
-    ("07_eval", "type_eval_maps", "test maps of the two rows above (with type_eval split: every labelled test map)"),
+    ("07_eval", "{m}/type_exact_match", "exact label-set accuracy over every test map, mixed ones included"),
+    ("07_eval", "{m}/type_pattern_macro_f1", "macro-F1 over the eight patterns (defect-free left out), every test map"),
+    ("07_eval", "type_eval_maps", "test maps of the rows above (with type_eval split: every labelled test map)"),
     ("07_eval", "baseline/type_accuracy", "classical baseline (features + gradient boosting) on the same maps"),
     ("07_eval", "baseline/type_macro_f1", "classical baseline macro-F1 on the same maps"),
+    ("07_eval", "baseline/type_exact_match", "classical baseline exact match on the same maps"),
+    ("07_eval", "baseline/type_pattern_macro_f1", "classical baseline pattern macro-F1 on the same maps"),
     ("07_eval", "{m}/rule_score", "rubric rule score, test split (0-1)"),
     ("07_eval", "{m}/judge_score", "judge score, test split (0-10)"),
     ("05_sft", "{m}/type_accuracy_test", "defect-type accuracy at stage 05 on the sampled test wafers' VQA questions"),
@@ -121,7 +125,8 @@ CARD_METRICS = (
 )
 
 
-INDEXED = {"sft/type_accuracy", "sft/type_macro_f1", "rl/type_accuracy", "rl/type_macro_f1"}  # the model-index's rows
+INDEXED = {f"{m}/type_{k}" for m in ("sft", "rl")
+           for k in ("accuracy", "macro_f1", "exact_match", "pattern_macro_f1")}  # the model-index's rows
 
 
 def _cell(v) -> str:
