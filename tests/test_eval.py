@@ -316,3 +316,19 @@ def test_shape_reading_asks_the_shape_question_and_scores_by_label(tmp_path):
     assert table.loc["Scratch", "agreement"] == 1.0 and table.loc["Random", "agreement"] == 1.0
     with pytest.raises(ValueError, match="no measured shape for wafers"):
         inference.shape_reading(chat, wafers, measured.drop("w4"), tmp_path, progress=False)
+
+
+def test_macro_f1_interval_keeps_a_rare_class_in_every_resample():
+    """A class of three wafers the model never finds costs macro-F1 in every resample (stratified by label
+    set), so the interval does not reach up to the average of the other classes alone."""
+    labels = [["Near-full"]] * 3 + [["Loc"]] * 60 + [["none"]] * 60
+    pred = [["none"]] * 3 + [["Loc"]] * 60 + [["none"]] * 60
+    types = pd.DataFrame({"wafer_id": [f"w{i}" for i in range(len(labels))], "labels": labels})
+    _, m = classification.type_table(types, {"sft": pred}, n_resamples=400)
+    point = m["sft/type_macro_f1"]  # Near-full 0, Loc 1, none 120/123: about 0.66
+    assert point == pytest.approx((0 + 1 + 120 / 123) / 3)
+    assert m["sft/type_macro_f1_ci_high"] < 0.7 < 0.95  # a resample without Near-full would score about 0.99
+    from wafersage_utils.evaluation.scorer import bootstrap_scores
+    s = bootstrap_scores(labels, pred, n_resamples=400)
+    assert s["macro_f1"] == pytest.approx(point) and s["macro_f1_ci_high"] < 0.7
+    assert s["accuracy_ci_low"] < s["accuracy"] < s["accuracy_ci_high"]

@@ -83,18 +83,29 @@ def confusion(true: list[list[str]], pred: list[list[str]]) -> pd.DataFrame:
 
 
 def wafer_interval(wafer_ids, statistic, n_resamples: int = 1000, level: float = 0.95,
-                   seed: int = 0) -> tuple[float, float]:
+                   seed: int = 0, strata=None) -> tuple[float, float]:
     """Percentile interval of `statistic(indices)` over resamples of whole wafers: each resample draws
     wafers with replacement and passes the row indices of all their questions. For statistics that are not
-    means over questions (macro-F1); means use `stats.cluster_interval` (BCa)."""
+    means over questions (macro-F1); means use `stats.cluster_interval` (BCa).
+
+    `strata` (one value per row, e.g. the true label set) resamples the wafers of each stratum among
+    themselves, so every stratum keeps its size: what a macro-average over classes needs, since a class of
+    three wafers is absent from 5% of plain resamples, which then average over fewer classes."""
     codes, uniq = pd.factorize(pd.Series(list(wafer_ids)), sort=True)
     if len(uniq) < 2:
         return float("nan"), float("nan")
     order = np.argsort(codes, kind="stable")
     groups = np.split(order, np.cumsum(np.bincount(codes))[:-1])
+    if strata is None:
+        pools = [np.arange(len(groups))]
+    else:
+        of_wafer = pd.Series(list(strata)).astype(str).to_numpy()[[g[0] for g in groups]]
+        pools = [np.flatnonzero(of_wafer == v) for v in np.unique(of_wafer)]
     rng = np.random.default_rng(seed)
-    boot = np.array([statistic(np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]))
-                     for _ in range(n_resamples)], float)
+
+    def draw() -> np.ndarray:
+        return np.concatenate([groups[i] for pool in pools for i in pool[rng.integers(0, len(pool), len(pool))]])
+    boot = np.array([statistic(draw()) for _ in range(n_resamples)], float)
     boot = boot[np.isfinite(boot)]
     a = (1 - level) / 2
     return float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
@@ -107,7 +118,7 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
     `types`: one defect-type question per row (`wafer_id`, `labels`); `predictions`: predictor name -> label
     lists in the same order (parsed model answers, the classical baseline, the majority class). Returns the
     table (one row per predictor) and flat metrics `<name>/type_accuracy`, `<name>/type_macro_f1` with
-    wafer-resampling `_ci_low` / `_ci_high`, `<name>/type_accuracy_mixed` and `<name>/type_recall/<label>`.
+    wafer-resampling `_ci_low` / `_ci_high` (macro-F1: stratified by label set), `<name>/type_accuracy_mixed` and `<name>/type_recall/<label>`.
     Where some wafers carry mixed patterns, also over every question: `<name>/type_exact_match` (exact set)
     and `<name>/type_pattern_macro_f1` (the patterns, defect-free left out), with intervals: MixedWM38's
     measures.
@@ -116,6 +127,7 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
     table, metrics = {}, {}
     wafers = list(types["wafer_id"])
     single = np.array([not is_mixed(t) for t in true], bool)
+    keys = [label_key(t) for t in true]  # macro-F1 intervals resample within each label set (wafer_interval)
     for name, pred in predictions.items():
         if len(pred) != len(true):
             raise ValueError(f"{name}: {len(pred)} predictions for {len(true)} questions")
@@ -135,12 +147,12 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
 
         def pattern_f1(idx, pred=pred):
             return pattern_macro_f1([true[i] for i in idx], [pred[i] for i in idx])
-        measures = [("type_accuracy", acc, c["accuracy"]), ("type_macro_f1", f1, c["macro_f1"])]
+        measures = [("type_accuracy", acc, c["accuracy"], None), ("type_macro_f1", f1, c["macro_f1"], keys)]
         if not single.all():
-            measures += [("type_exact_match", exact, float(right.mean())),
-                         ("type_pattern_macro_f1", pattern_f1, pattern_macro_f1(true, pred))]
-        for key, fn, value in measures:
-            lo, hi = wafer_interval(wafers, fn, n_resamples, seed=seed)
+            measures += [("type_exact_match", exact, float(right.mean()), None),
+                         ("type_pattern_macro_f1", pattern_f1, pattern_macro_f1(true, pred), keys)]
+        for key, fn, value, strata in measures:
+            lo, hi = wafer_interval(wafers, fn, n_resamples, seed=seed, strata=strata)
             metrics |= {f"{name}/{key}": value, f"{name}/{key}_ci_low": lo, f"{name}/{key}_ci_high": hi}
         metrics[f"{name}/type_accuracy_mixed"] = c["accuracy_mixed"]
         metrics |= {f"{name}/type_recall/{k.split('/')[1]}": v for k, v in c.items() if k.startswith("recall/")}
