@@ -327,7 +327,7 @@ def test_macro_f1_interval_keeps_a_rare_class_in_every_resample():
     _, m = classification.type_table(types, {"sft": pred}, n_resamples=400)
     point = m["sft/type_macro_f1"]  # Near-full 0, Loc 1, none 120/123: about 0.66
     assert point == pytest.approx((0 + 1 + 120 / 123) / 3)
-    assert m["sft/type_macro_f1_ci_high"] < 0.7 < 0.95  # a resample without Near-full would score about 0.99
+    assert m["sft/type_macro_f1_ci_high"] < 0.7  # a resample without Near-full would score about 0.99
     from wafersage_utils.evaluation.scorer import bootstrap_scores
     s = bootstrap_scores(labels, pred, n_resamples=400)
     assert s["macro_f1"] == pytest.approx(point) and s["macro_f1_ci_high"] < 0.7

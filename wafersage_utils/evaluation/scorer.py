@@ -177,8 +177,8 @@ def bootstrap_scores(true: list[list[str]], pred: list[list[str]], n_resamples: 
     for start in range(0, n_resamples, 100):
         r = min(100, n_resamples - start)
         plain, strat = stats(weights(r, [np.arange(n)])), stats(weights(r, pools))
-        for k in draws:
-            draws[k].append(plain[k] if k == "accuracy" else strat[k])
+        for k, got in draws.items():
+            got.append(plain[k] if k == "accuracy" else strat[k])
     a = (1 - level) / 2
     with warnings.catch_warnings():  # recall of a label no resampled map has is undefined (NaN), as at the point
         warnings.simplefilter("ignore", RuntimeWarning)
