@@ -69,7 +69,7 @@ class CleanSettings(StageSettings):
     class_mix: str = "balanced"  # synthetic: balanced | natural (WM-811K proportions)
     mixed_fraction: float = 0.05  # synthetic: share of maps with 2 to 4 overlaid patterns (MixedWM38 style)
     label_noise: float = 0.1  # synthetic: share of maps given a realistic wrong label (ground truth for the quarantine)
-    background_clumping: float = 1.5  # synthetic: background failures in clumps, log-scale up to this (0: independent dies); real maps' are clumped: docs/experiments.md
+    background_clumping: float = 0.0  # synthetic: background failures in clumps, log-scale up to this (0: independent dies); 1.5 helped a classical model on real maps but not the VLM: docs/experiments.md
     lot_affinity: float = 0.5  # synthetic: chance a wafer shows its lot's dominant pattern
     embedding_kind: str = "features"  # features (standardised + PCA) | cnn (learned, like the paper's ViT)
     pca_components: int = 32  # dimensions of the feature embedding

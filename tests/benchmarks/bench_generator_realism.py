@@ -28,7 +28,7 @@ from wafersage_utils.maps.features import extract_features
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clumping", type=float, nargs="+", default=[0.0, synth.SynthConfig.background_clumping],
+    ap.add_argument("--clumping", type=float, nargs="+", default=[0.0, 1.5],
                     help="background_clumping values to compare (the first is the reference)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="generator seeds")
     ap.add_argument("--n", type=int, default=4500, help="generated maps per fit (stage 01's default)")

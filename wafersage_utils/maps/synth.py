@@ -58,7 +58,7 @@ class SynthConfig:
     label_noise: float = 0.1  # share of maps whose given label is a realistic confusion
     lot_affinity: float = 0.5  # chance a wafer takes its lot's dominant pattern
     median_side: float = 33.0  # dies across; WM-811K's median
-    background_clumping: float = 1.5  # largest log-scale of the clumped background (0: independent dies)
+    background_clumping: float = 0.0  # largest log-scale of a clumped background (0: independent dies, the default)
     seed: int = 0
 
 
