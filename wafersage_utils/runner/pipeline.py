@@ -23,7 +23,7 @@ import yaml
 from .imports import PACKAGE_ROOT, WHOLE_PACKAGE, closure, import_graph, imports_of, package_modules
 from .params import ParamsError, apply_overrides, check_params, load_params, notebook_parameters, stage_parameters
 from .run_report import write_run_report
-from .runs import PROJECT_ROOT, atomic_write_text, environment_record, write_json
+from .runs import PROJECT_ROOT, atomic_write_text, environment_record, git_state, write_json
 
 log = logging.getLogger("wafersage.pipeline")
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
@@ -155,9 +155,10 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
             log.info("%s: unchanged since its last run, skipped (use --force to rerun)", stem)
             continue
         log.info("%s: running", stem)
-        # Each stage records the commit it ran at: a partial rerun rewrites environment.json, not older stages' record.
+        # Each stage records the commit it ran at, read as it starts (the tree can move during a long run; a
+        # partial rerun rewrites environment.json, not older stages' record).
         status["stages"][stem] = {"state": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  "git": environment["git"]}
+                                  "git": git_state()}
         write_json(run_dir / "status.json", status)
         t0 = time.perf_counter()
         try:
