@@ -160,8 +160,11 @@ def test_model_card_is_generated_from_the_run_metrics(typist, tmp_path):
     (run / "metrics" / "07_eval.json").write_text(json.dumps({"sft/type_accuracy": 0.9512, "sft/type_macro_f1": 0.8765,
                                                                "baseline/type_accuracy": 0.9432}))
     (run / "settings" / "05_sft.json").write_text(json.dumps({"learning_rate": 0.002, "lora_r": 16}))
+    (run / "environment.json").write_text(json.dumps({"git": {"commit": "b" * 40, "dirty": False}}))  # a later 07 rerun
+    (run / "status.json").write_text(json.dumps({"stages": {"05_sft": {"git": {"commit": "a" * 40, "dirty": False}}}}))
     info = model_info.document_export(run, folder)
     assert info.image_size == 80 and info.trained_on["source"] == "wm811k"
+    assert info.commit == "a" * 40  # the commit the model was trained at
     card = (folder / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["pipeline_tag"] == "image-text-to-text" and meta["library_name"] == "transformers"

@@ -236,7 +236,10 @@ def document_export(run_dir: Path, folder: Path, which: str = "sft") -> ModelInf
     clean, sft = metrics.get("01_clean", {}), metrics.get("05_sft", {})
     trained_on = {"source": clean.get("source", "synthetic"), "train_split_maps": clean.get("split/n_train"),
                   "sft_pairs": sft.get("n_sft_pairs"), "type_stream_pairs": sft.get("n_type_stream_pairs")}
-    git = read_json_or_empty(run_dir / "environment.json").get("git", {})
+    # The commit the model was trained at: stage 05's (or 06's, for RL) record, not the last invocation's.
+    stages = read_json_or_empty(run_dir / "status.json").get("stages", {})
+    git = stages.get("06_rl" if which == "rl" else "05_sft", {}).get("git") \
+        or read_json_or_empty(run_dir / "environment.json").get("git", {})
     commit = (git.get("commit") or "") + ("-dirty" if git.get("dirty") else "")
     info = info_for_run(manifest.get("02_describe", {}).get("image_size", 128),
                         manifest.get("04_vqa", {}).get("answer_style", "plain"),
