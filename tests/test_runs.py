@@ -63,12 +63,14 @@ def test_report_shows_figures_under_their_stage_and_every_metric(tmp_path):
                                                                      "acc_ci_high": 0.6}))
     Stage(tmp_path, "07_eval").write_section("| model | score |\n|---|---|\n| sft | 0.9 |")
     (tmp_path / "status.json").write_text(json.dumps({"command": "python -m x params/y.yaml", "stages": {
-        "01_clean": {"state": "done", "wall_s": 12.0}, "07_eval": {"state": "failed", "wall_s": 3.0}}}))
+        "01_clean": {"state": "done", "wall_s": 12.0, "git": {"commit": "0123456789abcdef", "dirty": True}},
+        "07_eval": {"state": "failed", "wall_s": 3.0}}}))
     text = run_report.write_run_report(tmp_path).read_text()
     assert text.index("## 01_clean") < text.index("![class_counts]") < text.index("## 07_eval") \
         < text.index("| sft | 0.9 |") < text.index("![eval_scores]")
     assert "| `acc` | 0.5 [0.4, 0.6] |" in text and "acc_ci_low" not in text
-    assert "| 07_eval | failed | 3 s |" in text and "`python -m x params/y.yaml`" in text
+    assert "| 07_eval | failed | 3 s | ? |" in text and "`python -m x params/y.yaml`" in text
+    assert "| 01_clean | done | 12 s | `0123456` (dirty) |" in text  # each stage's own commit
 
 
 def test_report_command_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

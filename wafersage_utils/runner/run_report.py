@@ -59,7 +59,7 @@ def _header(run_dir: Path) -> list[str]:
              f"- Command: `{_read_json(run_dir / 'status.json', {}).get('command', '?')}` (the last one; "
              "`make run` for `default`)",
              f"- Commit: `{git.get('commit', '?')}`" + (" **with uncommitted changes**" if git.get("dirty") else
-                                                        " (clean tree)"),
+                                                        " (clean tree)") + " (the last invocation's; each stage's below)",
              f"- Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, torch threads "
              f"{env.get('torch_threads', '?')}, device {env.get('device', 'cpu')}",
              "- Settings: the recipe (`wafersage_utils/recipe.py`) with "
@@ -73,9 +73,12 @@ def report_markdown(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     status = _read_json(run_dir / "status.json", {"stages": {}})["stages"]
     figures = _read_json(run_dir / "figures" / FIGURE_INDEX, {})
-    lines = _header(run_dir) + ["| stage | state | wall time | executed notebook |", "|---|---|---|---|"]
+    lines = _header(run_dir) + ["| stage | state | wall time | commit | executed notebook |", "|---|---|---|---|---|"]
     for stem, s in sorted(status.items()):
-        lines.append(f"| {stem} | {s.get('state', '?')} | {s.get('wall_s', float('nan')):.0f} s | [{stem}.ipynb]({stem}.ipynb) |")
+        git = s.get("git") or {}
+        commit = f"`{git['commit'][:7]}`" + (" (dirty)" if git.get("dirty") else "") if git.get("commit") else "?"
+        lines.append(f"| {stem} | {s.get('state', '?')} | {s.get('wall_s', float('nan')):.0f} s | {commit} | "
+                     f"[{stem}.ipynb]({stem}.ipynb) |")
     total = sum(s.get("wall_s", 0.0) for s in status.values())
     lines += ["", f"Total: {total / 60:.1f} minutes.", ""]
     stems = sorted({p.stem for p in (run_dir / "metrics").glob("*.json")} | set(status))
