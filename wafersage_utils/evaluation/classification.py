@@ -38,22 +38,19 @@ def exact_matches(true: list[list[str]], pred: list[list[str]]) -> np.ndarray:
     return np.array([bool(p) and label_key(p) == label_key(t) for t, p in zip(true, pred)], bool)
 
 
-def macro_f1(true: list[list[str]], pred: list[list[str]]) -> float:
-    """Macro-F1 over the labels that occur in the truth (a label nobody has cannot be recalled)."""
+def macro_f1(true: list[list[str]], pred: list[list[str]], patterns_only: bool = False) -> float:
+    """Macro-F1 over the labels that occur in the truth (a label nobody has cannot be recalled); with
+    `patterns_only` the defect-free label is left out."""
     yt, yp = _binarised(true, pred)
-    present = yt.sum(axis=0) > 0
-    if not present.any():
+    keep = (yt.sum(axis=0) > 0) & np.array([not patterns_only or v != NONE_LABEL for v in VOCAB])
+    if not keep.any():
         return float("nan")
-    return float(f1_score(yt[:, present], yp[:, present], average="macro", zero_division=0))
+    return float(f1_score(yt[:, keep], yp[:, keep], average="macro", zero_division=0))
 
 
 def pattern_macro_f1(true: list[list[str]], pred: list[list[str]]) -> float:
     """Macro-F1 over the eight patterns that occur in the truth, defect-free left out (MixedWM38's measure)."""
-    yt, yp = _binarised(true, pred)
-    keep = (yt.sum(axis=0) > 0) & np.array([v != NONE_LABEL for v in VOCAB])
-    if not keep.any():
-        return float("nan")
-    return float(f1_score(yt[:, keep], yp[:, keep], average="macro", zero_division=0))
+    return macro_f1(true, pred, patterns_only=True)
 
 
 def classification(true: list[list[str]], pred: list[list[str]]) -> dict:

@@ -35,7 +35,7 @@ from ..maps.loaders import load_mixedwm38, load_wm811k
 from ..maps.render import render_array
 from ..plots import confusion
 from ..runner.runs import RUN_PREFIX, atomic_target, atomic_write_text, read_manifest, write_json
-from .answers import parse_labels
+from .answers import is_mixed, parse_labels
 from .classification import exact_matches
 from .model_info import ModelInfo, read_info
 
@@ -215,7 +215,7 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
     true = [list(x) for x in maps["labels"]]
     pred = [parse_labels(a) for a in answers]
     b = bootstrap_scores(true, pred, n_bootstrap, seed)
-    mixed = np.array([len([x for x in t if x != NONE_LABEL]) > 1 for t in true], bool)
+    mixed = np.array([is_mixed(t) for t in true], bool)
     right = exact_matches(true, pred)
     per_class = b.pop("per_class")
     metrics = {**b, "n_maps": len(maps), "maps_per_second": len(maps) / seconds if seconds > 0 else None,
