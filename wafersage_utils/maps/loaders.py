@@ -13,10 +13,12 @@ import logging
 import lzma
 import pickle
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..runner.runs import PROJECT_ROOT
 from .conventions import NONE_LABEL, PATTERNS, VOCAB
@@ -58,7 +60,44 @@ ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
 
 
 class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle referenced a global outside :data:`ALLOWED_GLOBALS`."""
+    """A pickle referenced a global outside :data:`ALLOWED_GLOBALS`, or an Arrow array it holds is malformed."""
+
+
+#: Arrow types a pickled string column may hold (pandas' Arrow-backed `str` columns of modern re-saves).
+_ARROW_STRING_TYPES = (pa.string(), pa.large_string())
+
+
+def _checked_restore_array(data):
+    """Stand-in for `pyarrow.lib._restore_array`: rebuild a pickled Arrow *string* array through the public
+    `Array.from_buffers` and validate it in full before anything reads it.
+
+    The real function trusts the pickled offsets and lengths, so a crafted pickle could make a later read
+    run past its buffers (a crash, or process memory in an error message). Only the shape a string column
+    pickles to is admitted: (type, length, null_count, offset, [validity, offsets, data], [], None).
+    """
+    if not (isinstance(data, tuple) and len(data) == 7):
+        raise UnsafePickleError(f"pickled Arrow array: expected a 7-item tuple, got {type(data).__name__}")
+    typ, length, null_count, offset, buffers, children, dictionary = data
+    if typ not in _ARROW_STRING_TYPES:
+        raise UnsafePickleError(f"pickled Arrow array: only string arrays are accepted, got type {typ!r}")
+    if children or dictionary is not None:
+        raise UnsafePickleError("pickled Arrow array: a string array has no children or dictionary")
+    ints = (length, null_count, offset)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or length < 0 or offset < 0:
+        raise UnsafePickleError(f"pickled Arrow array: bad length/null count/offset {ints}")
+    if not (isinstance(buffers, list) and len(buffers) == 3
+            and all(b is None or isinstance(b, pa.Buffer) for b in buffers) and buffers[1] is not None):
+        raise UnsafePickleError("pickled Arrow array: expected three buffers (validity or None, offsets, data)")
+    try:
+        arr = pa.Array.from_buffers(typ, length, buffers, null_count=null_count, offset=offset)
+        arr.validate(full=True)  # offsets within the data, monotonic, valid UTF-8, buffers large enough
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise UnsafePickleError(f"pickled Arrow array: inconsistent buffers ({type(exc).__name__})") from exc
+    return arr
+
+
+#: Allowed globals that are replaced by checked stand-ins instead of being resolved.
+_CHECKED_GLOBALS = {("pyarrow.lib", "_restore_array"): _checked_restore_array}
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -75,6 +114,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise UnsafePickleError(
                 f"{self.source}: refused to unpickle global {module}.{name}; only a pandas DataFrame of "
                 "arrays is accepted (a pickle runs code when loaded, so anything else is rejected)")
+        if (mod, name) in _CHECKED_GLOBALS:
+            return _CHECKED_GLOBALS[(mod, name)]
         return super().find_class(mod, name)
 
 
@@ -97,20 +138,52 @@ def safe_read_pickle(path: str | Path):
     try:
         with _open_maybe_compressed(path) as fh:
             return RestrictedUnpickler(fh, source=str(path)).load()
-    except UnsafePickleError:
-        raise
-    except (EOFError, lzma.LZMAError, OSError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}: {exc})") from exc
+    except UnsafePickleError as exc:
+        if str(path) in str(exc):
+            raise
+        raise UnsafePickleError(f"{path}: {exc}") from exc
+    except MemoryError as exc:
+        raise ValueError(f"{path}: corrupt pickle (it asks for more memory than the machine has)") from exc
+    except (EOFError, lzma.LZMAError, zlib.error, OSError, pickle.UnpicklingError, ValueError, TypeError,
+            KeyError, IndexError, AttributeError, UnicodeDecodeError, OverflowError, RecursionError,
+            pa.ArrowException) as exc:
+        # A corrupt or bit-flipped file fails in the decompressor, the pickle machine or a constructor it
+        # calls; the library's own message is left out (it may quote the file's bytes).
+        raise ValueError(f"{path}: truncated or corrupt pickle ({type(exc).__name__}); expected a pickled "
+                         "pandas DataFrame (WM-811K LSWMD.pkl layout), plain or xz/gzip/bz2-compressed") from exc
 
 
-def _nested_name(value) -> str | None:
+def _nested_name(value, where: str, field: str) -> str | None:
     """'Center' from WM-811K's nested [['Center']]; None for an empty (unlabelled) entry."""
-    arr = np.asarray(value, dtype=object).ravel()
-    return str(arr[0]).strip() if arr.size else None
+    try:
+        arr = np.asarray(value, dtype=object).ravel()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: {field} is not a label (got {type(value).__name__}); expected [['Center']] "
+                         "or an empty array") from exc
+    if not arr.size:
+        return None
+    if not isinstance(arr[0], str | np.str_):
+        raise ValueError(f"{where}: {field} holds a {type(arr[0]).__name__}; expected a label name such as "
+                         "[['Center']] or an empty array")
+    return str(arr[0]).strip()
+
+
+def _wafer_index(value, where: str) -> int:
+    """WM-811K's waferIndex (a float in the 2015 pickle) as an int; -1 when missing."""
+    if value is None or (isinstance(value, float | np.floating) and np.isnan(value)):
+        return -1
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating) \
+            or not np.isfinite(value) or float(value) != int(value):
+        raise ValueError(f"{where}: waferIndex must be a whole number, got {value!r}")
+    return int(value)
 
 
 def load_wm811k(path: str | Path, keep_unlabelled: bool = False, max_maps: int | None = None) -> pd.DataFrame:
-    """WM-811K `LSWMD.pkl` (original 2015 pickle, modern re-saves, compressed or not) as the common table."""
+    """WM-811K `LSWMD.pkl` (original 2015 pickle, modern re-saves, compressed or not) as the common table.
+
+    Every field is checked before use (the map's values before any cast); an error names the file, the row
+    and what was expected.
+    """
     path = Path(path)
     raw = safe_read_pickle(path)
     if not isinstance(raw, pd.DataFrame):
@@ -118,21 +191,24 @@ def load_wm811k(path: str | Path, keep_unlabelled: bool = False, max_maps: int |
     missing = [c for c in WM811K_COLUMNS if c not in raw.columns]
     if missing:
         raise ValueError(f"{path}: missing WM-811K column(s) {missing}; expected {list(WM811K_COLUMNS)}")
+    has_split = "trianTestLabel" in raw.columns
     rows = []
     for pos, (idx, rec) in enumerate(raw.iterrows()):
         where = f"{path}, row {pos} (index {idx})"
-        name = _nested_name(rec["failureType"])
+        name = _nested_name(rec["failureType"], where, "failureType")
         if name is None and not keep_unlabelled:
             continue
         if name is not None and name not in VOCAB:
             raise ValueError(f"{where}: unknown failureType {name!r}; expected one of {list(VOCAB)}")
         m = check_map(np.asarray(rec["waferMap"]), where).astype(np.uint8)
-        wi = rec["waferIndex"]
+        lot = rec["lotName"]
+        if lot is not None and not isinstance(lot, str) and not pd.isna(lot):
+            raise ValueError(f"{where}: lotName must be text, got {type(lot).__name__}")
         rows.append({
-            "id": f"wm811k-{idx}", "source": "wm811k", "lot": str(rec["lotName"] or ""),
-            "wafer_index": int(wi) if pd.notna(wi) else -1, "wafer_map": m,
+            "id": f"wm811k-{idx}", "source": "wm811k", "lot": lot if isinstance(lot, str) else "",
+            "wafer_index": _wafer_index(rec["waferIndex"], where), "wafer_map": m,
             "height": m.shape[0], "width": m.shape[1], "labels": [name] if name else [],
-            "original_split": _nested_name(rec["trianTestLabel"]) if "trianTestLabel" in raw.columns else None,
+            "original_split": _nested_name(rec["trianTestLabel"], where, "trianTestLabel") if has_split else None,
         })
         if max_maps and len(rows) >= max_maps:
             break
@@ -140,32 +216,60 @@ def load_wm811k(path: str | Path, keep_unlabelled: bool = False, max_maps: int |
     return validate_maps(pd.DataFrame(rows), str(path))
 
 
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`arr_0` and `arr_1` of a MixedWM38 `.npz`; any unreadable file is a ValueError naming it."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"{path}: truncated or unreadable .npz archive ({type(exc).__name__}); expected a MixedWM38 "
+                         "file with arrays 'arr_0' (maps) and 'arr_1' (labels)") from exc
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: holds a single array (a .npy file), not a .npz archive with 'arr_0' (maps) "
+                         "and 'arr_1' (labels)")
+    with z:
+        out = []
+        for key, what in (("arr_0", "maps"), ("arr_1", "labels")):
+            if key not in z.files:
+                raise ValueError(f"{path}: missing array '{key}' ({what}); expected 'arr_0' (maps) and 'arr_1' "
+                                 f"(labels), found {z.files or 'no arrays'}")
+            try:
+                out.append(z[key])
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as exc:
+                raise ValueError(f"{path}: array '{key}' is truncated or corrupt ({type(exc).__name__})") from exc
+    return out[0], out[1]
+
+
 def load_mixedwm38(path: str | Path, value3: str = "fail", max_maps: int | None = None) -> pd.DataFrame:
     """MixedWM38 `.npz` (`arr_0` maps, `arr_1` 8-way multi-hot) as the common table.
 
-    value3: what a stray 3 (the authors' "noise") becomes: 'fail', 'pass' or 'error'.
+    value3: what a stray 3 (the authors' "noise") becomes: 'fail', 'pass' or 'error'. Maps must hold exactly
+    0, 1, 2 (or 3) and labels exactly 0 or 1, checked before any cast.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            maps, hot = z["arr_0"], z["arr_1"]
-    except KeyError as exc:
-        missing = "arr_0" if "arr_0" in str(exc) else "arr_1"
-        raise ValueError(f"{path}: missing array '{missing}'; expected 'arr_0' (maps) and 'arr_1' (labels)") from exc
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: truncated or unreadable .npz ({exc})") from exc
-    if maps.ndim != 3 or hot.shape != (len(maps), len(PATTERNS)):
-        raise ValueError(f"{path}: expected arr_0 (N, H, W) and arr_1 (N, 8); got {maps.shape} and {hot.shape}")
     if value3 not in ("fail", "pass", "error"):
         raise ValueError(f"value3: expected 'fail', 'pass' or 'error', got {value3!r}")
+    maps, hot = _read_npz(path)
+    if maps.ndim != 3 or hot.shape != (len(maps), len(PATTERNS)):
+        raise ValueError(f"{path}: expected arr_0 (N, H, W) and arr_1 (N, 8); got {maps.shape} and {hot.shape}")
+    for key, arr in (("arr_0", maps), ("arr_1", hot)):
+        if arr.dtype.kind not in "buif":
+            raise ValueError(f"{path}: '{key}' must hold numbers, got dtype {arr.dtype}")
+    bad_hot = ~np.isin(hot, (0, 1))  # NaN, -1, 2 or 0.5 are not a yes or a no
+    if bad_hot.any():
+        i, k = np.argwhere(bad_hot)[0]
+        raise ValueError(f"{path}, row {i}: arr_1 (labels) holds {hot[i, k]!r} for {PATTERNS[k]}; expected 0 or 1")
     n = min(len(maps), max_maps or len(maps))
     rows = []
     for i in range(n):
-        m = maps[i].astype(np.uint8)
-        if (m == 3).any():
-            if value3 == "error":
-                raise ValueError(f"{path}, row {i}: wafer_map holds value 3 (noise); set value3 to 'fail' or 'pass'")
-            m = np.where(m == 3, 2 if value3 == "fail" else 1, m).astype(np.uint8)
+        where = f"{path}, row {i}"
+        raw = maps[i]
+        if value3 != "error":
+            raw = np.where(raw == 3, 2 if value3 == "fail" else 1, raw)
+        elif (raw == 3).any():
+            raise ValueError(f"{where}: wafer_map holds value 3 (noise); set value3 to 'fail' or 'pass'")
+        m = check_map(raw, where).astype(np.uint8)
         labels = [PATTERNS[k] for k in np.flatnonzero(hot[i])] or [NONE_LABEL]
         rows.append({"id": f"mixedwm38-{i}", "source": "mixedwm38", "lot": "", "wafer_index": i,
                      "wafer_map": m, "height": m.shape[0], "width": m.shape[1], "labels": labels})

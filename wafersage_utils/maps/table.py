@@ -37,15 +37,24 @@ def validate_maps(df: pd.DataFrame, where: str) -> pd.DataFrame:
 
 
 def check_map(m, row: str) -> np.ndarray:
-    """Check one map: a non-empty 2-D array with values in {0, 1, 2} and at least one die."""
+    """Check one map: a non-empty 2-D numeric array whose values are exactly 0, 1 or 2, with at least one die.
+
+    Values are checked before any cast, so 256, -254, NaN, inf or 1.5 are refused rather than wrapped or
+    truncated into a valid die code.
+    """
     if not isinstance(m, np.ndarray) or m.ndim != 2:
         shape = getattr(m, "shape", type(m).__name__)
         raise ValueError(f"{row}: wafer_map must be a 2-D array, got {shape}")
     if m.size == 0:
         raise ValueError(f"{row}: wafer_map is empty (shape {m.shape})")
-    bad = m[(m != 0) & (m != 1) & (m != 2)]
+    if m.dtype.kind not in "buif":
+        raise ValueError(f"{row}: wafer_map must hold numbers 0, 1 or 2, got dtype {m.dtype}")
+    bad = m[(m != 0) & (m != 1) & (m != 2)]  # NaN compares unequal to all three, so it is caught here too
     if bad.size:
-        raise ValueError(f"{row}: wafer_map holds value {int(bad.flat[0])}; expected 0 (no die), 1 (pass) or 2 (fail)")
+        v = bad.flat[0]
+        shown = repr(float(v)) if m.dtype.kind == "f" else str(int(v))
+        raise ValueError(f"{row}: wafer_map holds value {shown} ({bad.size} cell(s) in all); "
+                         "expected 0 (no die), 1 (pass) or 2 (fail)")
     if not (m > 0).any():
         raise ValueError(f"{row}: wafer_map has no die (all zeros)")
     return m
