@@ -289,6 +289,133 @@ STAGES: dict[str, type[StageSettings]] = {
 }
 
 
+# Allowed values, checked before any stage runs (`check_stage`): the type comes from the annotation (the
+# runner checks it against the notebook); these say which values of that type make sense. A rule is keyed by
+# "stem.name" or, shared by every stage that has the field, by "name"; every number and every choice field has
+# one (a test holds it so).
+
+def _ge(lo):
+    return lambda v: None if v >= lo else f"expected >= {lo}"
+
+
+def _gt(lo):
+    return lambda v: None if v > lo else f"expected > {lo}"
+
+
+def _within(lo, hi, lo_open=False, hi_open=False):
+    text = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def rule(v):
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if ok else f"expected a value in {text}"
+    return rule
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"expected one of {list(choices)}"
+
+
+def _steps(v):
+    return None if v == -1 or v >= 1 else "expected -1 (the epochs decide) or >= 1"
+
+
+def _optional_seed(v):
+    return None if v is None or v >= 0 else "expected None (use seed) or >= 0"
+
+
+def _nonempty(v):
+    return None if str(v).strip() else "expected a non-empty value"
+
+
+SHARE, SHARE_OPEN = _within(0, 1), _within(0, 1, hi_open=True)
+RULES: dict[str, Any] = {
+    # shared by several stages
+    "seed": _ge(0), "n_threads": _ge(1), "max_maps": _ge(0), "temperature": _ge(0), "max_tokens": _ge(1),
+    "concurrency": _ge(1), "timeout_s": _gt(0), "max_retries": _ge(0), "hf_batch_size": _ge(1), "n_examples": _ge(0),
+    "eval_batch_size": _ge(1), "eval_max_tokens": _ge(1), "n_bootstrap": _ge(1), "learning_rate": _gt(0),
+    "per_device_train_batch_size": _ge(1), "gradient_accumulation_steps": _ge(1),
+    "mixed_precision": _one_of("auto", "no", "bf16", "fp16"),
+    # 01
+    "source": _one_of("synthetic", "wm811k", "mixedwm38"), "value3": _one_of("fail", "pass", "error"),
+    "n_wafers": _ge(1), "class_mix": _one_of("balanced", "natural"), "mixed_fraction": SHARE,
+    "label_noise": SHARE_OPEN, "background_clumping": _ge(0), "lot_affinity": SHARE,
+    "embedding_kind": _one_of("features", "cnn"), "pca_components": _ge(1), "cnn_epochs": _ge(1), "kmeans_k": _ge(0),
+    "kmeans_k_max": _ge(2), "classifier": _one_of("hgb", "logreg"), "oof_folds": _ge(2), "cnn_pattern_epochs": _ge(1),
+    "consistency_weight": SHARE, "cluster_veto": SHARE, "n_typical": _ge(0), "n_hard": _ge(0),
+    "val_fraction": _within(0, 0.5, True, True), "test_fraction": _within(0, 0.5, True, True),
+    "tsne_max_points": _ge(0), "realism_examples": _ge(0),
+    # 02, 03
+    "02_describe.backend": _one_of("grounded", "openai", "hf"), "03_rubrics.backend": _one_of("rules", "openai", "hf"),
+    "image_size": _ge(16), "fact_min_region": _ge(1), "fact_chance_shuffles": _ge(0), "fact_zone_density": SHARE,
+    "fuzzy_threshold": SHARE,
+    # 04
+    "pairs_per_wafer": _ge(1), "min_reference_score": SHARE, "duplicate_threshold": _within(0, 100),
+    "sft_answer_style": _one_of("plain", "reasoning"), "paraphrase_backend": _one_of("none", "openai"),
+    "paraphrase_share": SHARE,
+    # 05
+    "sft_seed": _optional_seed, "model_name_or_path": _nonempty, "tiny_vocab_size": _ge(512), "tiny_image_size": _ge(16),
+    "tiny_vision_hidden": lambda v: None if v >= 8 and v % 4 == 0 else "expected a multiple of 4, at least 8",
+    "pretrain_epochs": _ge(0), "pretrain_learning_rate": _gt(0), "pretrain_batch_size": _ge(1),
+    "pretrain_max_maps": _ge(0), "pretrain_extra_maps": _ge(0), "pretrain_questions_per_map": _ge(0),
+    "pretrain_text_epochs": _ge(0), "pretrain_text_learning_rate": _gt(0), "pretrain_micro_batches": _ge(1),
+    "pretrain_text_micro_batches": _ge(1), "rl_holdout_share": SHARE_OPEN, "type_stream_none_ratio": _ge(0),
+    "type_stream_class_floor": _ge(0), "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": SHARE_OPEN,
+    "lr_scheduler_type": _nonempty, "warmup_ratio": SHARE, "num_train_epochs": _gt(0), "05_sft.max_steps": _steps,
+    "train_sampling_strategy": _one_of("random", "batch_rebalance"), "weight_decay": _ge(0), "optim": _nonempty,
+    "max_length": _ge(16), "logging_steps": _ge(1), "save_steps": _ge(0), "eval_steps": _ge(0),
+    "num_processes": _ge(1), "n_card_wafers": _ge(0),
+    # 06
+    "num_generations": _ge(2), "beta": _ge(0), "epsilon": _ge(0), "epsilon_high": _ge(0),
+    "06_rl.temperature": _gt(0), "top_k": _ge(0), "min_p": SHARE, "max_completion_length": _ge(1),
+    "steps_per_generation": _ge(1), "num_iterations": _ge(1), "06_rl.max_steps": _ge(1), "review_ratio": SHARE,
+    "curriculum_order": _one_of("easy_to_hard", "shuffled"), "w_rubric": _ge(0), "w_format": _ge(0),
+    "w_label": _ge(0), "audit_rows": _ge(0), "saturation_limit": _within(0, 1, lo_open=True), "sampled_rows": _ge(0),
+    "samples_per_row": _ge(1),
+    # 07
+    "answer_backend": _one_of("auto", "hf", "vllm"), "max_questions": _ge(0), "rule_hit_scale": _gt(0),
+    "rule_avoid_penalty": _ge(0), "rule_w_hit": _ge(0), "rule_w_avoid": _ge(0), "rule_threshold": SHARE,
+    "judge_backend": _one_of("embedding", "openai"), "judge_concurrency": _ge(1), "align_trials": _ge(0),
+    "n_gallery": _ge(0), "type_eval": _one_of("vqa", "split"), "real_check_max_maps": _ge(0),
+}
+
+#: Rules between fields of one stage: (names, rule over the settings, what is expected).
+CROSS_RULES: dict[str, list] = {
+    "01_clean": [(("kmeans_k", "kmeans_k_max"), lambda s: s.kmeans_k <= s.kmeans_k_max, "kmeans_k <= kmeans_k_max")],
+    "06_rl": [(("epsilon", "epsilon_high"), lambda s: s.epsilon_high >= s.epsilon, "epsilon_high >= epsilon")],
+}
+
+
+def rule_for(stem: str, name: str):
+    """The value rule of one field (None: the type is all there is to check, as for paths and names)."""
+    return RULES.get(f"{stem}.{name}", RULES.get(name))
+
+
+def check_stage(stem: str, values: Mapping[str, Any], source: str = "params") -> StageSettings:
+    """The stage's settings from its defaults and `values`, every value checked; ValueError lists every
+    problem, each naming the section, the key, the value and what was expected."""
+    cls = STAGES[stem]
+    known = {f.name for f in fields(cls)}
+    settings = cls(**{k: v for k, v in values.items() if k in known})
+    problems = []
+    for f in fields(cls):
+        rule, value = rule_for(stem, f.name), getattr(settings, f.name)
+        if rule is None or isinstance(value, bool) and f.type != "bool":
+            continue
+        try:
+            why = rule(value)
+        except TypeError:
+            why = f"expected {f.type}"
+        if why:
+            problems.append(f"{stem}.{f.name} = {value!r}: {why}")
+    for names, ok, expected in CROSS_RULES.get(stem, []):
+        if not ok(settings):
+            problems.append(f"{stem}: " + ", ".join(f"{n} = {getattr(settings, n)!r}" for n in names)
+                            + f": expected {expected}")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
+    return settings
+
+
 def sync_notebook(path: Path) -> bool:
     """Rewrite a notebook's parameters cell from its settings; True when it changed."""
     nb = json.loads(path.read_text())

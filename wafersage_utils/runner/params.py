@@ -79,9 +79,15 @@ def load_params(path: Path) -> dict[str, dict]:
     """Read a params file into {section: {key: value}}; `common` is always present."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError as exc:
         raise ParamsError(f"{path}: params file not found") from exc
+    except IsADirectoryError as exc:
+        raise ParamsError(f"{path}: is a folder; expected a YAML params file") from exc
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not a text file (byte {exc.start} is not UTF-8); expected a YAML params file") from exc
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot be read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) or v is None for v in data.values()):
@@ -98,8 +104,17 @@ def apply_overrides(params: dict[str, dict], overrides: list[str]) -> dict[str, 
         if "=" not in item:
             raise ParamsError(f"--set {item!r}: expected key=value or section.key=value")
         key, raw = item.split("=", 1)
-        section, _, name = key.rpartition(".")
-        out.setdefault(section or "common", {})[name] = yaml.safe_load(raw)
+        section, _, name = key.strip().rpartition(".")
+        if not name.isidentifier():
+            raise ParamsError(f"--set {item!r}: {name!r} is not a parameter name; expected key=value or "
+                              "section.key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem", None) or type(exc).__name__
+            raise ParamsError(f"--set {item!r}: the value is not valid YAML ({mark}); quote text, e.g. "
+                              f"{name}='\"...\"'") from exc
+        out.setdefault(section or "common", {})[name] = value
     return out
 
 

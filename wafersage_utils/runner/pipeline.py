@@ -14,12 +14,17 @@ import ast
 import hashlib
 import json
 import logging
+import os
+import re
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from ..recipe import STAGES, check_stage
 from .imports import PACKAGE_ROOT, WHOLE_PACKAGE, closure, import_graph, imports_of, package_modules
 from .params import ParamsError, apply_overrides, check_params, load_params, notebook_parameters, stage_parameters
 from .run_report import write_run_report
@@ -43,14 +48,16 @@ def select_stages(stems: list[str], only: str | None) -> list[str]:
     """Stems picked by --only: '03', '01-03', '05-07' or a comma list of those."""
     if not only:
         return stems
-    wanted: set[int] = set()
+    picked_set: set[str] = set()
     for part in only.split(","):
-        lo, _, hi = part.strip().partition("-")
-        try:
-            wanted.update(range(int(lo), int(hi or lo) + 1))
-        except ValueError as exc:
-            raise ParamsError(f"--only {only!r}: expected numbers like 03, 01-03 or 01,05-07") from exc
-    picked = [s for s in stems if int(s[:2]) in wanted]
+        lo, dash, hi = part.strip().partition("-")
+        if not (lo.isdigit() and (hi.isdigit() or not dash)) or len(lo) > 2 or len(hi) > 2:
+            raise ParamsError(f"--only {only!r}: expected stage numbers (00-99) like 03, 01-03 or 01,05-07")
+        a, b = int(lo), int(hi or lo)
+        if a > b:
+            raise ParamsError(f"--only {only!r}: range {part.strip()!r} runs backwards")
+        picked_set.update(s for s in stems if a <= int(s[:2]) <= b)  # bounded by the stems, never a huge range
+    picked = [s for s in stems if s in picked_set]
     if not picked:
         raise ParamsError(f"--only {only!r} selects no notebook; notebooks are {stems}")
     return picked
@@ -88,9 +95,56 @@ def fingerprint(nb_path: Path, values: dict, upstream: list[str], code: str) -> 
     return h.hexdigest()[:16]
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def run_folder(results_dir: Path, name: str) -> Path:
+    """results_dir/name, where name must be one plain folder name: no separators, no '..', nothing that lands
+    the run (and the executed notebooks it writes) outside results_dir."""
+    if not RUN_NAME.fullmatch(name) or name.endswith("."):
+        raise ParamsError(f"--run-name {name!r}: expected one folder name of letters, digits, '.', '_' or '-' "
+                          "(no '/', no '..'), starting with a letter or digit")
+    parent = results_dir.resolve()
+    run_dir = (parent / name).resolve()
+    if run_dir.parent != parent:  # a symlinked run folder pointing elsewhere
+        raise ParamsError(f"--run-name {name!r}: {parent / name} resolves to {run_dir}, outside {parent}")
+    return run_dir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _load_status(run_dir: Path) -> dict:
+    """The run's status; a stage left "running" by a process that no longer exists becomes "interrupted"
+    (it reruns), and one whose process is alive refuses the second run (two runs in one folder would
+    overwrite each other's files)."""
     path = run_dir / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        status = json.loads(path.read_text())
+        stages = status["stages"]
+        if not isinstance(stages, dict):
+            raise TypeError("stages is not a mapping")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ParamsError(f"{path}: unreadable run status ({exc}); move it aside to start the run afresh") from exc
+    for stem, rec in stages.items():
+        if not isinstance(rec, dict) or rec.get("state") != "running":
+            continue
+        pid, host = rec.get("pid"), rec.get("host")
+        if isinstance(pid, int) and host == socket.gethostname() and pid != os.getpid() and _alive(pid):
+            raise ParamsError(f"{run_dir}: stage {stem} is running in process {pid}; wait for it or stop it "
+                              "before starting another run in this folder")
+        rec["state"] = "interrupted"
+        log.warning("%s: left running by a run that ended without finishing it; marked interrupted, it reruns", stem)
+    return status
 
 
 def _failure_message(stem: str, out_nb: Path, exc: Exception) -> str:
@@ -115,6 +169,26 @@ def report_or_warn(run_dir: Path) -> Path | None:
     return path
 
 
+class Interrupted(Exception):
+    """The run received SIGTERM or SIGHUP (a scheduler's stop, a closed terminal)."""
+
+
+def check_values(params: dict[str, dict], declared: dict[str, dict], source: str) -> None:
+    """Every stage's values against the recipe's rules (ranges, choices), all stages at once, before any runs:
+    a bad value is refused in a second, not after minutes of earlier stages."""
+    problems = []
+    for stem in declared:
+        if stem not in STAGES:
+            continue
+        values = stage_parameters(params, stem, declared[stem])
+        try:
+            check_stage(stem, values, source)
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc).removeprefix(f"{source}: "))
+    if problems:
+        raise ParamsError(f"{source}: " + "; ".join(problems))
+
+
 def run_stage(nb_path: Path, out_nb: Path, values: dict, progress: bool) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -135,13 +209,14 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
     declared = {stem: notebook_parameters(p) for stem, p in notebooks.items()}
     params = apply_overrides(load_params(params_path), overrides or [])
     check_params(params, declared, str(params_path))
+    check_values(params, declared, str(params_path))
     stems = select_stages(list(notebooks), only)
-    run_dir = ((results_dir or PROJECT_ROOT / "results") / (run_name or Path(params_path).stem)).resolve()
+    run_dir = run_folder(results_dir or PROJECT_ROOT / "results", run_name or Path(params_path).stem)
     run_dir.mkdir(parents=True, exist_ok=True)
+    status = _load_status(run_dir)
     atomic_write_text(run_dir / "params.yaml", yaml.safe_dump(params, sort_keys=False))
     environment = environment_record()
     write_json(run_dir / "environment.json", environment)
-    status = _load_status(run_dir)
     status["command"] = " ".join(["python -m wafersage_utils.runner.pipeline", str(params_path)]
                                  + [f"--set {o}" for o in overrides or []] + ([f"--only {only}"] if only else []))
     for stem in stems:
@@ -158,7 +233,7 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
         # Each stage records the commit it ran at, read as it starts (the tree can move during a long run; a
         # partial rerun rewrites environment.json, not older stages' record).
         status["stages"][stem] = {"state": "running", "fingerprint": fp, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                  "git": git_state()}
+                                  "git": git_state(), "pid": os.getpid(), "host": socket.gethostname()}
         write_json(run_dir / "status.json", status)
         t0 = time.perf_counter()
         try:
@@ -167,6 +242,12 @@ def run_pipeline(params_path: Path, only: str | None = None, run_name: str | Non
             status["stages"][stem].update(state="failed", wall_s=round(time.perf_counter() - t0, 2), error=str(exc))
             write_json(run_dir / "status.json", status)
             report_or_warn(run_dir)
+            raise
+        except (KeyboardInterrupt, SystemExit, Interrupted) as exc:
+            # Ctrl-C or a termination signal: the stage is marked so, and reruns on the next invocation.
+            status["stages"][stem].update(state="interrupted", wall_s=round(time.perf_counter() - t0, 2),
+                                          error=f"interrupted ({type(exc).__name__}: {exc})")
+            write_json(run_dir / "status.json", status)
             raise
         status["stages"][stem].update(state="done", wall_s=round(time.perf_counter() - t0, 2))
         write_json(run_dir / "status.json", status)
@@ -186,12 +267,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results-dir", type=Path, help="parent of run folders (default: results/)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def _stop(signum, frame):
+        raise Interrupted(signal.Signals(signum).name)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         run_dir = run_pipeline(args.params, args.only, args.run_name, args.set, args.force, args.results_dir,
                                progress=sys.stderr.isatty())
     except (ParamsError, StageFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"interrupted ({type(exc).__name__} {exc}): the stage that was running is marked interrupted in "
+              "status.json and reruns on the next invocation", file=sys.stderr)
+        return 130
     print(f"run folder: {run_dir}")
     return 0
 
