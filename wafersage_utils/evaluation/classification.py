@@ -87,10 +87,15 @@ def wafer_interval(wafer_ids, statistic, n_resamples: int = 1000, level: float =
 
     `strata` (one value per row, e.g. the true label set) resamples the wafers of each stratum among
     themselves, so every stratum keeps its size: what a macro-average over classes needs, since a class of
-    three wafers is absent from 5% of plain resamples, which then average over fewer classes."""
+    three wafers is absent from 5% of plain resamples, which then average over fewer classes.
+
+    A single wafer cannot be resampled: its questions are, each on its own (as `stats.cluster_interval`
+    does). With no row at all the interval is undefined (NaN, NaN)."""
     codes, uniq = pd.factorize(pd.Series(list(wafer_ids)), sort=True)
-    if len(uniq) < 2:
+    if not len(codes):
         return float("nan"), float("nan")
+    if len(uniq) < 2:
+        codes = np.arange(len(codes))
     order = np.argsort(codes, kind="stable")
     groups = np.split(order, np.cumsum(np.bincount(codes))[:-1])
     if strata is None:
@@ -104,6 +109,8 @@ def wafer_interval(wafer_ids, statistic, n_resamples: int = 1000, level: float =
         return np.concatenate([groups[i] for pool in pools for i in pool[rng.integers(0, len(pool), len(pool))]])
     boot = np.array([statistic(draw()) for _ in range(n_resamples)], float)
     boot = boot[np.isfinite(boot)]
+    if not len(boot):  # the statistic is undefined on every resample (no class to average, say)
+        return float("nan"), float("nan")
     a = (1 - level) / 2
     return float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
 

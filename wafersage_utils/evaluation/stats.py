@@ -6,6 +6,8 @@ comparisons resample the per-wafer differences of two models answering the same 
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
@@ -26,19 +28,40 @@ def _ratio(s, n, axis=-1):
 
 
 def cluster_interval(values, wafers, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
-    """Mean over questions with a bootstrap interval from resampling wafers (BCa, via scipy)."""
+    """Mean over questions with a bootstrap interval from resampling wafers (BCa, via scipy).
+
+    Defined for every sample a run can produce: all wafers alike gives [mean, mean]; a single wafer cannot
+    be resampled, so its questions are (percentile; `resampled` says so); a single value gives [v, v]; a BCa
+    interval that comes out non-finite (a degenerate jackknife) is replaced by the percentile one.
+    """
     s, n = _by_wafer(values, wafers)
+    if not len(s):
+        raise ValueError("no values: an interval needs at least one scored question")
     mean = float(s.sum() / n.sum())
+    out = {"mean": mean, "ci_low": mean, "ci_high": mean, "n_wafers": len(s), "resampled": "wafers"}
     if len(s) < 2:
-        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "n_wafers": len(s)}
+        v = np.asarray(values, dtype=float)
+        out["resampled"] = "questions"
+        if len(v) > 1 and not np.allclose(v, mean, rtol=0.0, atol=1e-12):
+            idx = np.random.default_rng(seed).integers(0, len(v), size=(n_resamples, len(v)))
+            lo, hi = np.quantile(v[idx].mean(axis=1), [(1 - level) / 2, (1 + level) / 2])
+            out.update(ci_low=float(lo), ci_high=float(hi))
+        return out
     if np.allclose(s, mean * n, rtol=0.0, atol=1e-12):
         # every wafer has the same mean (two models that answered alike, say): every resample gives `mean`,
         # and BCa, which divides by the spread of the jackknife, would return NaN
-        return {"mean": mean, "ci_low": mean, "ci_high": mean, "n_wafers": len(s)}
-    res = sps.bootstrap((s, n), _ratio, paired=True, vectorized=True, n_resamples=n_resamples,
-                        confidence_level=level, method="BCa", rng=np.random.default_rng(seed))
-    lo, hi = res.confidence_interval
-    return {"mean": mean, "ci_low": float(lo), "ci_high": float(hi), "n_wafers": len(s)}
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sps.DegenerateDataWarning)
+        res = sps.bootstrap((s, n), _ratio, paired=True, vectorized=True, n_resamples=n_resamples,
+                            confidence_level=level, method="BCa", rng=np.random.default_rng(seed))
+        lo, hi = res.confidence_interval
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            res = sps.bootstrap((s, n), _ratio, paired=True, vectorized=True, n_resamples=n_resamples,
+                                confidence_level=level, method="percentile", rng=np.random.default_rng(seed))
+            lo, hi = res.confidence_interval
+    out.update(ci_low=float(lo), ci_high=float(hi))
+    return out
 
 
 def paired_difference(a, b, wafers, n_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> dict:
