@@ -57,6 +57,8 @@ def _handler(script: Script):
         def do_POST(self):
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             what = script.next(request)
+            if isinstance(what, bytes):  # a 200 with exactly this body (wrong-shaped JSON, say)
+                return self._send(200, what)
             if what == "429":
                 return self._send(429, b'{"error": {"message": "Rate limit reached", "type": "requests"}}',
                                   {"retry-after-ms": "20"})

@@ -140,3 +140,76 @@ def test_key_comes_from_the_named_environment_variable(server, tmp_path, monkeyp
     client = llm.ChatClient(settings(url), tmp_path)
     assert client._client.api_key == "sk-test-123"
     assert "sk-test-123" not in json.dumps(llm.settings_record(client.settings))
+
+
+WRONG_SHAPES = [
+    b'{"choices": {"0": {"message": {"content": "x"}}}}',  # choices an object
+    b'{"choices": ["x"]}',  # a choice that is not an object
+    b'{"choices": [{"message": "hello"}]}',  # message a string
+    b'{"choices": [{"message": {"content": 42}}]}',  # content a number
+    b'{"choices": [{"message": {"content": {"text": "x"}}}]}',  # content an object
+    b'[1, 2, 3]',  # not an object at all
+    b'"just text"',
+    b'null',
+]
+
+
+@pytest.mark.parametrize("raw", WRONG_SHAPES)
+def test_wrong_json_types_fail_one_item_not_the_batch(server, tmp_path, raw):
+    # Each used to raise (KeyError, AttributeError, TypeError) out of complete_many and stop the stage.
+    url, script = server([raw, raw], default="ok")
+    client = llm.ChatClient(settings(url, concurrency=1, malformed_retries=1), tmp_path)
+    reqs = [llm.build_request(client.settings, "", f"q{i}", None) for i in range(3)]
+    res = client.complete_many(reqs, progress=False)
+    assert res[0].text is None and res[0].error.startswith("malformed response")
+    assert [r.text for r in res[1:]] == ["echo: q1", "echo: q2"]
+    assert len(llm.ResponseCache(tmp_path)) == 2  # the failed item is not cached
+
+
+def test_wrong_typed_usage_is_dropped_but_the_answer_kept(server, tmp_path):
+    good = body("openai_chat_completion.json")
+    good["usage"] = ["tokens", 3]
+    good["choices"][0]["finish_reason"] = 7
+    url, _ = server([json.dumps(good).encode()])
+    res = llm.ChatClient(settings(url), tmp_path).complete(llm.build_request(settings(url), "", "q", None))
+    assert res.error is None and res.usage == {} and res.finish_reason == "7"
+
+
+@pytest.mark.parametrize("entry", ['[1, 2]', '{"text": 5}', '{"finish_reason": "stop"}', '"text"',
+                                   '{"text": "x", "usage": [1]}', '\x00\xff not json'])
+def test_wrong_shaped_cache_entries_are_misses(server, tmp_path, entry):
+    url, script = server([])
+    client = llm.ChatClient(settings(url), tmp_path)
+    req = llm.build_request(client.settings, "", "q", None)
+    path = client.cache._path(llm.cache_key(req))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(entry, errors="surrogateescape")
+    res = client.complete_many([req], progress=False)[0]
+    assert res.text == "echo: q" and not res.cached and len(script.requests) == 1
+    assert json.loads(path.read_text())["text"] == "echo: q"  # rewritten with the real answer
+
+
+def test_temporaries_of_a_killed_cache_write_are_swept(tmp_path):
+    import os
+    import time
+    (tmp_path / "ab").mkdir()
+    old = tmp_path / "ab" / ".abcd.json.x1y2.tmp"
+    fresh = tmp_path / "ab" / ".abce.json.z3.tmp"
+    old.write_text('{"te')
+    fresh.write_text('{"te')
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    cache = llm.ResponseCache(tmp_path)
+    assert cache.swept == 1 and not old.exists() and fresh.exists()  # a write in flight elsewhere is left alone
+
+
+def test_an_exception_inside_one_request_is_that_items_error(server, tmp_path, monkeypatch):
+    url, _ = server([])
+    client = llm.ChatClient(settings(url, concurrency=2), tmp_path)
+
+    def boom(request):
+        if "q1" in json.dumps(request):
+            raise RuntimeError("transport exploded")
+        return llm.ChatResult("fine")
+    monkeypatch.setattr(client, "_call", boom)
+    res = client.complete_many([llm.build_request(client.settings, "", f"q{i}", None) for i in range(3)], progress=False)
+    assert [r.text for r in res] == ["fine", None, "fine"] and "transport exploded" in res[1].error

@@ -115,26 +115,44 @@ def cache_key(request: dict) -> str:
     return hashlib.sha256(json.dumps(strip(request), sort_keys=True).encode()).hexdigest()[:32]
 
 
-def parse_response(body: dict) -> tuple[str, str | None, dict]:
-    """Text, finish reason and token usage of a chat-completions body; MalformedResponse if there is no text.
+def parse_response(body) -> tuple[str, str | None, dict]:
+    """Text, finish reason and token usage of a chat-completions body; MalformedResponse if there is no text
+    or any part has the wrong JSON type (a server's bug must fail one item, never the batch).
 
     Accepts the string content of OpenAI and vLLM, and the list-of-parts content some servers return.
     """
-    choices = body.get("choices") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise MalformedResponse(f"the answer is a JSON {type(body).__name__}, not an object")
+    choices = body.get("choices")
     if not choices:
-        raise MalformedResponse(f"no choices in the answer (keys: {sorted(body) if isinstance(body, dict) else type(body).__name__})")
-    msg = choices[0].get("message") or {}
+        raise MalformedResponse(f"no choices in the answer (keys: {sorted(map(str, body))[:12]})")
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise MalformedResponse(f"choices is a {type(choices).__name__} of "
+                                f"{type(choices[0]).__name__ if isinstance(choices, list) else '?'}; "
+                                "expected a list of objects")
+    msg = choices[0].get("message")
+    if msg is None:
+        msg = {}
+    if not isinstance(msg, dict):
+        raise MalformedResponse(f"choices[0].message is a {type(msg).__name__}, not an object")
     content = msg.get("content")
     if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if not content or not str(content).strip():
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    if content is not None and not isinstance(content, str):
+        raise MalformedResponse(f"message content is a {type(content).__name__}, not text")
+    finish = choices[0].get("finish_reason")
+    finish = finish if isinstance(finish, str) or finish is None else str(finish)
+    if not content or not content.strip():
         refusal = msg.get("refusal")
-        raise MalformedResponse(f"refused: {refusal}" if refusal else
-                                f"empty content (finish_reason {choices[0].get('finish_reason')!r})")
-    text = strip_reasoning(str(content))  # Qwen3 thinking models served without a reasoning parser
+        raise MalformedResponse(f"refused: {str(refusal)[:200]}" if refusal else
+                                f"empty content (finish_reason {finish!r})")
+    text = strip_reasoning(content)  # Qwen3 thinking models served without a reasoning parser
     if not text:
         raise MalformedResponse("only reasoning, no answer (raise max_tokens?)")
-    return text, choices[0].get("finish_reason"), dict(body.get("usage") or {})
+    usage = body.get("usage")
+    usage = {str(k): v for k, v in usage.items() if isinstance(v, int | float) and not isinstance(v, bool)} \
+        if isinstance(usage, dict) else {}  # a wrong-typed usage is dropped: the answer itself is fine
+    return text, finish, usage
 
 
 def strip_reasoning(text: str) -> str:
@@ -143,10 +161,31 @@ def strip_reasoning(text: str) -> str:
 
 
 class ResponseCache:
-    """One JSON file per answered request under folder/<2 hex>/<key>.json, written atomically."""
+    """One JSON file per answered request under folder/<2 hex>/<key>.json, written atomically.
 
-    def __init__(self, folder: Path):
+    An entry that is not a record of an answer (torn, or valid JSON of the wrong shape) is a miss: the request
+    is asked again and the entry rewritten. Temporary files left by a killed writer are swept when the cache
+    is opened (only those older than `stale_s`, so another process's write in flight is left alone).
+    """
+
+    def __init__(self, folder: Path, stale_s: float = 600.0):
         self.folder = Path(folder)
+        self.swept = self._sweep(stale_s)
+
+    def _sweep(self, stale_s: float) -> int:
+        if not self.folder.exists():
+            return 0
+        n, now = 0, time.time()
+        for tmp in self.folder.glob("*/.*.json.*.tmp"):
+            try:
+                if now - tmp.stat().st_mtime > stale_s:
+                    tmp.unlink()
+                    n += 1
+            except FileNotFoundError:
+                pass
+        if n:
+            log.info("removed %d temporary file(s) left by an interrupted cache write in %s", n, self.folder)
+        return n
 
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
@@ -156,10 +195,16 @@ class ResponseCache:
         if not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:  # a torn file from another writer: treat as missing
+            record = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):  # a torn or unreadable file: a miss
             log.warning("ignoring unreadable cache entry %s", path)
             return None
+        if not (isinstance(record, dict) and isinstance(record.get("text"), str)
+                and isinstance(record.get("finish_reason"), str | None)
+                and isinstance(record.get("usage", {}), dict)):
+            log.warning("ignoring cache entry of the wrong shape %s (expected an object with a text)", path)
+            return None
+        return record
 
     def put(self, key: str, record: dict) -> None:
         atomic_write_text(self._path(key), json.dumps(record, sort_keys=True))
@@ -206,7 +251,15 @@ class ChatClient:
         return ChatResult(None, error, False, time.perf_counter() - t0)
 
     def complete(self, request: dict) -> ChatResult:
-        """One request: from the cache if answered before, else from the server (cached on success)."""
+        """One request: from the cache if answered before, else from the server (cached on success). Never
+        raises: anything that goes wrong with this one request is its result's error, so the batch goes on."""
+        try:
+            return self._complete(request)
+        except Exception as exc:  # noqa: BLE001 — the contract is one item's error, never the batch's
+            log.warning("request failed: %s: %s", type(exc).__name__, exc)
+            return ChatResult(None, f"{type(exc).__name__}: {exc}")
+
+    def _complete(self, request: dict) -> ChatResult:
         key = cache_key(request)
         hit = self.cache.get(key)
         if hit is not None:
