@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -30,6 +31,22 @@ def _completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
 
 
+def printable(text: str, limit: int = 300) -> str:
+    """A string safe to put in one log line: control characters (newlines above all, which would let a
+    request forge log lines) escaped, and cut to `limit` characters."""
+    text = str(text)[:limit]
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def prepare(req, cfg: ServeConfig, engine: Engine) -> tuple[list[dict], list, int]:
+    """Admission of one request, alone (a worker thread): its images decoded, checked and cut to what the model
+    sees, then its prompt built and counted. (conversation, images, pixels held)."""
+    conversation, images = to_conversation(req, cfg)
+    images = [engine.fit_image(im) for im in images]
+    engine.admit(conversation, images)
+    return conversation, images, sum(im.width * im.height for im in images)
+
+
 def create_app(cfg: ServeConfig, engine: Engine | None = None):
     """The FastAPI application; `engine` is loaded from cfg.model_path unless given."""
     from contextlib import asynccontextmanager
@@ -53,22 +70,43 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
 
     def refuse(err: RequestError, started: float, rid: str = "-") -> JSONResponse:
         log.info("chat %s status=%d latency_ms=%.0f refused: %s", rid, err.status,
-                 (time.perf_counter() - started) * 1000, err.message)
+                 (time.perf_counter() - started) * 1000, printable(err.message))
         headers = {"Retry-After": "1"} if err.status in (429, 503) else None
+        if err.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(err.body(), status_code=err.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):  # unknown routes and methods: the same JSON error shape
         return JSONResponse(RequestError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request, exc):  # anything unforeseen: still JSON, never a traceback or a plain 500
+        log.exception("unhandled error on %s %s", request.method, printable(request.url.path))
+        return JSONResponse(RequestError(500, "internal server error", kind="server_error").body(), status_code=500)
+
+    def unauthorized(request: Request) -> JSONResponse | None:
+        """With an API key configured, every /v1 route needs `Authorization: Bearer <key>` (OpenAI's convention);
+        /health stays open for load balancers. (A check in each route, not an HTTP middleware: Starlette's
+        middleware wrapper hides a client's disconnect from the route.)"""
+        if not cfg.api_key:
+            return None
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), cfg.api_key.encode()):
+            return None
+        return refuse(RequestError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                                   kind="authentication_error", code="invalid_api_key"), time.perf_counter())
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "queued": app.state.engine.queued()}
 
     @app.get("/v1/models")
-    async def models():
+    async def models(request: Request):  # the served name only: the folder it was loaded from is the operator's
+        if (denied := unauthorized(request)) is not None:
+            return denied
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "wafersage",
-                                            "root": str(cfg.model_path), "max_tokens_limit": cfg.max_tokens_limit}]}
+                                            "root": name, "max_tokens_limit": cfg.max_tokens_limit}]}
 
     async def read_body(request: Request) -> bytes:
         declared = request.headers.get("content-length")
@@ -87,6 +125,8 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
     async def chat(request: Request):
         from starlette.concurrency import run_in_threadpool
         started, rid = time.perf_counter(), _completion_id()
+        if (denied := unauthorized(request)) is not None:
+            return denied
         try:
             req = parse_request(await read_body(request))
             if req.model != name:
@@ -96,14 +136,14 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
             if max_tokens > cfg.max_tokens_limit:
                 raise RequestError(400, f"max_tokens={max_tokens} is above this server's limit of {cfg.max_tokens_limit}",
                                    param="max_tokens")
-            conversation, images = await run_in_threadpool(to_conversation, req, cfg)
+            conversation, images, pixels = await run_in_threadpool(prepare, req, cfg, app.state.engine)
         except RequestError as err:
             return refuse(err, started, rid)
 
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job = Job(conversation, images, max_tokens, float(1.0 if req.temperature is None else req.temperature),
                   float(req.top_p or 1.0), [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-                  emit=lambda ev: _emit_threadsafe(loop, events, ev), stream=req.stream)
+                  emit=lambda ev: _emit_threadsafe(loop, events, ev), stream=req.stream, pixels=pixels)
         try:
             app.state.engine.submit(job)
         except QueueFull:
@@ -115,13 +155,20 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
 
         def log_done(status: int, finish: str, usage: dict) -> None:
             log.info("chat %s status=%d stream=%s latency_ms=%.0f queue_ms=%.0f prompt_tokens=%s completion_tokens=%s "
-                     "finish=%s", rid, status, req.stream, (time.perf_counter() - started) * 1000,
+                     "finish=%s", rid, status, bool(req.stream), (time.perf_counter() - started) * 1000,
                      ((job.started or time.perf_counter()) - job.enqueued) * 1000, usage.get("prompt_tokens", 0),
                      usage.get("completion_tokens", 0), finish)
 
         if not req.stream:
             while True:
-                ev = await events.get()
+                try:
+                    ev = await asyncio.wait_for(events.get(), timeout=0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():  # the caller gave up: free its place in the batch
+                        job.cancelled = True
+                        log_done(499, "cancelled", {})
+                        return JSONResponse(RequestError(499, "client closed the request").body(), status_code=499)
+                    continue
                 if ev[0] == "error":
                     log_done(ev[1], "error", {})
                     return JSONResponse(RequestError(ev[1], ev[2], kind="server_error").body(), status_code=ev[1])

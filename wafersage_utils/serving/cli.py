@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import socket
 import threading
 import time
@@ -111,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens-limit", type=int, default=d.max_tokens_limit, help="largest max_tokens accepted")
     p.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens, help="when a request names none")
     p.add_argument("--max-request-mb", type=float, default=d.max_request_bytes / 2**20, help="request body limit")
+    p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens,
+                   help="prompt tokens per request (text and image tokens), counted on admission")
+    p.add_argument("--max-held-image-mpixels", type=float, default=d.max_held_image_pixels / 2**20,
+                   help="decoded image megapixels held by all waiting requests together; past it, 429")
+    p.add_argument("--remote-timeout-s", type=float, default=d.remote_timeout_s,
+                   help="the whole download of one remote image")
+    p.add_argument("--api-key-env", default="",
+                   help="environment variable holding an API key that every /v1 request must send as "
+                        "`Authorization: Bearer <key>`; required when --host is not a loopback address")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels, help="width x height per image")
     p.add_argument("--image-root", default="", help="folder whose files requests may name as local image paths")
@@ -128,18 +138,29 @@ def main(argv: list[str] | None = None) -> None:
         path, default_name = resolve_model(args.model, args.which)
     except FileNotFoundError as exc:
         raise SystemExit(f"wafersage-serve: {exc}") from None
+    api_key = ""
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env, "").strip()
+        if not api_key:
+            raise SystemExit(f"wafersage-serve: --api-key-env {args.api_key_env}: that environment variable is "
+                             "empty or unset")
+    try:
+        loopback = all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
+                       for i in socket.getaddrinfo(args.host, None))
+    except (socket.gaierror, ValueError):
+        loopback = False
+    if not loopback and not api_key:
+        raise SystemExit(f"wafersage-serve: --host {args.host} is reachable from other machines; give "
+                         "--api-key-env NAME (clients then send `Authorization: Bearer <key>`), or bind 127.0.0.1")
     cfg = ServeConfig(model_path=path, served_model_name=args.served_model_name or default_name, host=args.host,
                       port=args.port, batch_size=max(1, args.batch_size), batch_wait_ms=args.batch_wait_ms,
                       max_queue=max(0, args.max_queue), max_tokens_limit=args.max_tokens_limit,
                       default_max_tokens=args.default_max_tokens, max_request_bytes=int(args.max_request_mb * 2**20),
                       max_images=args.max_images, max_image_pixels=args.max_image_pixels, image_root=args.image_root,
-                      allow_remote_images=args.allow_remote_images, device=args.device, n_threads=args.threads)
-    try:
-        loopback = all(ipaddress.ip_address(i[4][0]).is_loopback for i in socket.getaddrinfo(cfg.host, None))
-    except (socket.gaierror, ValueError):
-        loopback = False
-    if not loopback:
-        log.warning("binding %s: the model is reachable from other machines, without authentication", cfg.host)
+                      allow_remote_images=args.allow_remote_images, device=args.device, n_threads=args.threads,
+                      max_prompt_tokens=args.max_prompt_tokens,
+                      max_held_image_pixels=int(args.max_held_image_mpixels * 2**20),
+                      remote_timeout_s=args.remote_timeout_s, api_key=api_key)
     sock = bind_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(create_app(cfg), log_level="warning", access_log=False, lifespan="on"))

@@ -29,6 +29,8 @@ class Job:
     enqueued: float = field(default_factory=time.perf_counter)
     started: float = 0.0
     cancelled: bool = False
+    pixels: int = 0  # decoded image pixels this job holds until it finishes (the server's image budget)
+    released: bool = False
 
     @property
     def settings(self) -> tuple:
@@ -38,6 +40,10 @@ class Job:
 
 class QueueFull(Exception):
     pass
+
+
+class _PrepareFailed(Exception):
+    """The processor could not turn a batch's requests into inputs together."""
 
 
 class _Row:
@@ -128,11 +134,52 @@ class Engine:
             self.pad_id = min(self.eos)
         self._pending: deque[Job] = deque()
         self._cv = threading.Condition()
+        self._prep = threading.Lock()  # the processor (its tokenizer's padding state) is not safe across threads
+        self.held_pixels = 0
+        tok = self.processor.tokenizer
+        self.control_tokens = sorted({t.content for t in tok.added_tokens_decoder.values()
+                                      if t.special or (t.content.startswith("<|") and t.content.endswith("|>"))}
+                                     | set(tok.all_special_tokens), key=len, reverse=True)
+        size = getattr(self.processor.image_processor, "size", None) or {}
+        self.max_input_pixels = int(size.get("longest_edge") or size.get("max_pixels") or 0)
         self._running = True
         self.stats = {"batches": 0, "rows": 0, "max_batch": 0}
         self._tracker = _tracker_class()
         self._thread = threading.Thread(target=self._loop, name="wafersage-generate", daemon=True)
         self._thread.start()
+
+    def admit(self, conversation: list[dict], images: list) -> int:
+        """Check one request alone before it may join a batch: no control token in its text, and its prompt
+        prepared by the processor and within the token limit. Returns the prompt's token count; any problem is
+        a 400 for this request only, so nothing it holds can fail the requests batched with it."""
+        for i, message in enumerate(conversation):
+            for j, part in enumerate(message["content"]):
+                text = part.get("text") or ""
+                hit = next((t for t in self.control_tokens if t in text), None)
+                if hit:
+                    raise RequestError(400, f"messages.{i}.content.{j}: the text holds the control token {hit!r}; "
+                                            "roles and images are given by the message structure, not by tokens in text",
+                                       param=f"messages.{i}.content", code="control_token")
+        try:
+            with self._prep:
+                text = self.processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
+                inputs = self.processor(text=text, images=images or None, return_tensors="pt")
+        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+            raise RequestError(400, f"the request cannot be prepared for the model ({type(exc).__name__})",
+                               code="invalid_request") from exc
+        n = int(inputs["input_ids"].shape[1])
+        if n > self.cfg.max_prompt_tokens:
+            raise RequestError(400, f"the prompt is {n} tokens (images included), above this server's limit of "
+                                    f"{self.cfg.max_prompt_tokens}", param="messages", code="prompt_too_long")
+        return n
+
+    def fit_image(self, im):
+        """An image no larger than the processor would make it anyway (it resizes to at most max pixels): what a
+        queued request holds in memory is what the model will see, not the upload's full size."""
+        if self.max_input_pixels and im.width * im.height > self.max_input_pixels:
+            scale = (self.max_input_pixels / (im.width * im.height)) ** 0.5
+            im = im.resize((max(1, int(im.width * scale)), max(1, int(im.height * scale))))
+        return im
 
     def submit(self, job: Job) -> None:
         with self._cv:
@@ -140,8 +187,20 @@ class Engine:
                 raise RequestError(503, "the server is shutting down", kind="server_error", code="shutting_down")
             if len(self._pending) >= self.cfg.max_queue:
                 raise QueueFull()
+            if job.pixels and self.held_pixels + job.pixels > self.cfg.max_held_image_pixels:
+                raise RequestError(429, f"the server holds {self.held_pixels} image pixels of waiting requests; this "
+                                        f"request's {job.pixels} would pass the limit of "
+                                        f"{self.cfg.max_held_image_pixels}; retry later",
+                                   kind="rate_limit_error", code="image_memory_full")
+            self.held_pixels += job.pixels
             self._pending.append(job)
             self._cv.notify()
+
+    def _release(self, job: Job) -> None:
+        with self._cv:
+            if not job.released:
+                job.released = True
+                self.held_pixels -= job.pixels
 
     def queued(self) -> int:
         return len(self._pending)
@@ -153,6 +212,7 @@ class Engine:
             self._pending.clear()
             self._cv.notify_all()
         for job in left:
+            self._release(job)
             job.emit(("error", 503, "the server shut down before this request was generated"))
         self._thread.join(timeout=30)
 
@@ -171,33 +231,57 @@ class Engine:
                 self._cv.wait(left)
             if not self._pending:
                 return []
-            key = self._pending[0].settings
+            key = next((j.settings for j in self._pending if not j.cancelled), None)
             batch = [j for j in self._pending if j.settings == key and not j.cancelled][: self.cfg.batch_size]
             dropped = [j for j in self._pending if j.cancelled]
             for j in batch + dropped:
                 self._pending.remove(j)
-            return batch
+        for j in dropped:  # their clients went away while they waited
+            self._release(j)
+        return batch
 
     def _loop(self) -> None:
         while self._running:
             batch = self._take_batch()
             if batch:
-                try:
-                    self._generate(batch)
-                except Exception as exc:
-                    log.exception("generation failed for a batch of %d", len(batch))
-                    for job in batch:
-                        job.emit(("error", 500, f"generation failed: {type(exc).__name__}: {exc}"))
+                self._run(batch)
+
+    def _run(self, batch: list[Job]) -> None:
+        """Generate a batch. If its inputs cannot be prepared together, each request is generated alone, so a
+        failure stays with the request that causes it; an error reaches a caller as a generic message (never
+        another request's text)."""
+        try:
+            self._generate(batch)
+        except _PrepareFailed:
+            if len(batch) > 1:
+                log.warning("the inputs of a batch of %d could not be prepared together; one by one", len(batch))
+                for job in batch:
+                    self._run([job])
+            else:
+                log.exception("the inputs of one request could not be prepared")
+                batch[0].emit(("error", 500, "the request could not be prepared for the model"))
+        except Exception as exc:
+            log.exception("generation failed for a batch of %d", len(batch))
+            for job in batch:
+                job.emit(("error", 500, f"generation failed ({type(exc).__name__}); the request was not answered"))
+        finally:
+            for job in batch:
+                self._release(job)
 
     def _generate(self, batch: list[Job]) -> None:
         import torch
         now = time.perf_counter()
         for job in batch:
             job.started = now
-        texts = self.processor.apply_chat_template([j.conversation for j in batch], add_generation_prompt=True,
-                                                   tokenize=False)
         images = [im for j in batch for im in j.images]
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+        try:
+            with self._prep:
+                texts = self.processor.apply_chat_template([j.conversation for j in batch], add_generation_prompt=True,
+                                                           tokenize=False)
+                inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        except Exception as exc:
+            raise _PrepareFailed(type(exc).__name__) from exc
+        inputs = inputs.to(self.device)
         rows = [_Row(j, self.processor.tokenizer, self.eos) for j in batch]
         first = batch[0]
         sample = first.temperature > 0

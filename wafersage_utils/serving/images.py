@@ -7,6 +7,7 @@ import binascii
 import io
 import ipaddress
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -37,19 +38,24 @@ def _open_checked(data: bytes, what: str, cfg: ServeConfig):
 
 
 def _remote_host_allowed(url: str) -> str:
-    """The address a remote fetch may connect to: the host's first resolved address, provided no address it
-    resolves to is loopback, link-local or private (the server's own neighbourhood)."""
+    """The address a remote fetch may connect to: the host's first resolved address, provided every address it
+    resolves to is globally routable (the standard library's classification: no loopback, private, link-local,
+    shared, reserved, documentation or multicast address; an IPv4-mapped IPv6 address is judged as IPv4)."""
     from urllib.parse import urlparse
     host = urlparse(url).hostname or ""
     try:
         infos = socket.getaddrinfo(host, None)
-    except socket.gaierror as exc:
+    except (socket.gaierror, UnicodeError) as exc:
         raise RequestError(400, f"image URL host {host!r} does not resolve", code="invalid_image") from exc
+    if not infos:
+        raise RequestError(400, f"image URL host {host!r} does not resolve", code="invalid_image")
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_reserved:
-            raise RequestError(400, f"image URL host {host!r} is a private address ({addr}); refused",
-                               code="image_url_refused")
+        addr = ipaddress.ip_address(info[4][0].split("%")[0])
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if not addr.is_global or addr.is_multicast:
+            raise RequestError(400, f"image URL host {host!r} resolves to {addr}, which is not a public (globally "
+                                    "routable) address; refused", code="image_url_refused")
     return infos[0][4][0]
 
 
@@ -94,13 +100,23 @@ def download(url: str, cfg: ServeConfig, what: str, transport=None) -> bytes:
     """GET `url` from the address that was checked: the connection goes to that address, with the URL's host
     as Host header and TLS server name, so a second DNS answer (DNS rebinding) cannot redirect it inward."""
     import httpx
+    deadline = time.monotonic() + cfg.remote_timeout_s
     address = _remote_host_allowed(url)
     target = httpx.URL(url)
     pinned = target.copy_with(host=address)  # httpx brackets an IPv6 address itself
     headers = {"Host": target.netloc.decode("ascii")}
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    def left() -> float:  # the whole download shares one budget: a server that drips bytes cannot hold us
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestError(400, f"{what}: download took longer than {cfg.remote_timeout_s:g} s",
+                               code="image_timeout")
+        return remaining
     try:
-        with httpx.Client(timeout=cfg.remote_timeout_s, follow_redirects=False, transport=transport) as client:
+        # each connect or read may block a quarter of the budget at most, so the whole download ends within
+        # 1.25 x remote_timeout_s however the server paces its bytes
+        step = min(left(), max(0.25, cfg.remote_timeout_s / 4))
+        with httpx.Client(timeout=step, follow_redirects=False, transport=transport) as client:
             request = client.build_request("GET", pinned, headers=headers, extensions=extensions)
             resp = client.send(request, stream=True)
             try:
@@ -108,6 +124,7 @@ def download(url: str, cfg: ServeConfig, what: str, transport=None) -> bytes:
                     raise RequestError(400, f"{what}: {url[:80]} answered {resp.status_code}", code="invalid_image")
                 buf = bytearray()
                 for chunk in resp.iter_bytes():
+                    left()
                     buf += chunk
                     if len(buf) > cfg.max_image_bytes:
                         raise RequestError(413, f"{what}: download above {cfg.max_image_bytes} bytes",

@@ -23,12 +23,15 @@ class ServeConfig:
     max_tokens_limit: int = 1024  # largest max_tokens accepted
     default_max_tokens: int = 256  # when a request names none
     max_request_bytes: int = 16 << 20  # request body
+    max_prompt_tokens: int = 4096  # prompt tokens of one request (text and image tokens), counted on admission
     max_images: int = 4  # images per request
     max_image_pixels: int = 4096 * 4096  # width x height per image, read from the header before decoding
     max_image_bytes: int = 8 << 20  # encoded size per image (data URL, file or download)
+    max_held_image_pixels: int = 64 << 20  # decoded image pixels held by all admitted, unfinished requests; past it, 429
     image_root: str = ""  # local image paths are allowed only inside this folder ('' refuses them all)
     allow_remote_images: bool = False  # http(s) image URLs
-    remote_timeout_s: float = 10.0
+    remote_timeout_s: float = 10.0  # the whole download of one remote image (connect, headers and body)
+    api_key: str = ""  # when set, every /v1 request must carry `Authorization: Bearer <key>` (never logged)
     device: str = ""  # '' picks cuda when present
     n_threads: int = 0  # torch threads (0 leaves torch's default)
 
