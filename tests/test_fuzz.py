@@ -114,3 +114,45 @@ def test_identical_models_and_single_wafers_have_intervals():
     assert one["resampled"] == "questions" and 0 <= one["ci_low"] < 0.75 < one["ci_high"] <= 1
     with pytest.raises(ValueError, match="no values"):
         stats.cluster_interval([], [])
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20)
+near_requests = st.fixed_dictionaries(
+    {"model": st.one_of(st.just("tiny"), json_values),
+     "messages": st.one_of(json_values, st.lists(st.fixed_dictionaries(
+         {"role": st.sampled_from(["user", "system", "assistant", "tool", 3]),
+          "content": st.one_of(st.text(max_size=30), json_values, st.lists(st.one_of(
+              st.fixed_dictionaries({"type": st.just("text"), "text": st.one_of(st.text(max_size=20), json_values)}),
+              st.fixed_dictionaries({"type": st.just("image_url"), "image_url": json_values}), json_values), max_size=3))}),
+         max_size=3))},
+    optional={"max_tokens": json_values, "temperature": json_values, "top_p": json_values, "stop": json_values,
+              "n": json_values, "stream": json_values, "stream_options": json_values})
+
+
+@FAST
+@given(st.one_of(near_requests, json_values))
+def test_the_request_model_answers_every_body_with_a_request_or_a_4xx(body):
+    from wafersage_utils.serving import images as image_urls
+    from wafersage_utils.serving import schema
+    import json as _json
+    cfg = schema.ServeConfig(model_path="unused")
+    try:
+        req = schema.parse_request(_json.dumps(body).encode())
+        convo, images = image_urls.to_conversation(req, cfg)  # no image loads: data URLs only here, or refusals
+    except schema.RequestError as err:
+        assert 400 <= err.status < 500 and err.body()["error"]["message"]
+        return
+    assert len(convo) == len(req.messages) and all(m["role"] in ("system", "user", "assistant") for m in convo)
+
+
+@FAST
+@given(st.binary(max_size=200))
+def test_raw_bodies_are_refused_with_a_400(raw):
+    from wafersage_utils.serving import schema
+    try:
+        schema.parse_request(raw)
+    except schema.RequestError as err:
+        assert err.status == 400
