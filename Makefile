@@ -37,6 +37,7 @@ bench: setup
 	$(PY) tests/benchmarks/bench_features.py
 	$(PY) tests/benchmarks/bench_render.py
 	$(PY) tests/benchmarks/bench_serve.py
+	$(PY) tests/benchmarks/bench_serve_soak.py
 
 RUN ?= results/default
 MODEL ?= sft

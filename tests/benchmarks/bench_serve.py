@@ -49,9 +49,10 @@ def wafer_urls(n: int, size: int) -> list[str]:
     return out
 
 
-def start_server(model: str, which: str, batch: int, queue: int, threads: int):
+def start_server(model: str, which: str, batch: int, queue: int, threads: int, extra: list[str] | None = None):
     cmd = [sys.executable, "-m", "wafersage_utils.serving", model, "--model", which, "--port", "0", "--batch-size",
-           str(batch), "--max-queue", str(queue), "--threads", str(threads), "--served-model-name", "bench"]
+           str(batch), "--max-queue", str(queue), "--threads", str(threads), "--served-model-name", "bench",
+           *(extra or [])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
     if " at " not in line:
