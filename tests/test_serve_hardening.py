@@ -232,3 +232,34 @@ def test_a_slow_remote_server_cannot_hold_a_download(monkeypatch):
         stop.set()
         sock.close()
     assert time.perf_counter() - t0 < 1.6
+
+
+def test_generated_requests_get_an_answer_or_a_json_4xx(srv):
+    """Near-valid chat requests (roles, content shapes, images in odd places, sampling values) sent over HTTP:
+    every reply is JSON, and none is a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    url = _data_url(_png())
+    part = st.one_of(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=40)}),
+                     st.just({"type": "image_url", "image_url": {"url": url}}),
+                     st.fixed_dictionaries({"type": st.just("image_url"), "image_url": st.fixed_dictionaries(
+                         {"url": st.sampled_from(["", "data:,", "data:image/png;base64,", "wafer.png", "file:///etc/passwd",
+                                                  "http://127.0.0.1/x.png", url[:60]])})}))
+    message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
+                                     "content": st.one_of(st.none(), st.text(max_size=40), st.lists(part, max_size=3))})
+    body = st.fixed_dictionaries({"model": st.just("tiny"), "messages": st.lists(message, min_size=1, max_size=3)},
+                                 optional={"max_tokens": st.integers(-2, 300), "temperature": st.floats(-1, 3),
+                                           "top_p": st.floats(-0.5, 1.5), "stream": st.booleans(),
+                                           "stop": st.one_of(st.text(max_size=3), st.lists(st.text(max_size=3), max_size=5))})
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def one(b):
+        b.setdefault("max_tokens", 4)
+        if isinstance(b["max_tokens"], int) and b["max_tokens"] > 8:
+            b["max_tokens"] = 8
+        r = httpx.post(f"{srv.url}/chat/completions", json=b, timeout=60)
+        assert r.status_code < 500, (b, r.text[:300])
+        if r.status_code != 200 or not b.get("stream"):
+            r.json()  # JSON, whatever the outcome
+    one()

@@ -164,7 +164,7 @@ class Engine:
             with self._prep:
                 text = self.processor.apply_chat_template([conversation], add_generation_prompt=True, tokenize=False)
                 inputs = self.processor(text=text, images=images or None, return_tensors="pt")
-        except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 — whatever the template or processor rejects is this request's 400
             raise RequestError(400, f"the request cannot be prepared for the model ({type(exc).__name__})",
                                code="invalid_request") from exc
         n = int(inputs["input_ids"].shape[1])
