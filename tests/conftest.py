@@ -17,6 +17,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytest_plugins = ["tests.chat_server"]  # the `server` fixture: a scripted OpenAI-compatible endpoint
 
+# Fuzz tests (hypothesis): in CI the same examples every run (a red build is then the code's, not the draw's);
+# locally new draws each run, so new kinds of bad input keep being tried. Failures found are replayed first.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+_hypothesis_settings.register_profile("dev", print_blob=True)
+_hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
 
 RUN_FIXTURES = {"smoke_run", "sft_run", "rl_run", "eval_run"}  # each executes notebooks of the smoke chain
 

@@ -17,6 +17,7 @@ from .images import to_conversation
 from .schema import RequestError, ServeConfig, parse_request
 
 log = logging.getLogger("wafersage.serve")
+GREEDY_BELOW = 1e-5  # temperatures under this sample greedily
 
 
 def _emit_threadsafe(loop, events: asyncio.Queue, event: tuple) -> None:
@@ -141,7 +142,10 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
             return refuse(err, started, rid)
 
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        job = Job(conversation, images, max_tokens, float(1.0 if req.temperature is None else req.temperature),
+        temperature = float(1.0 if req.temperature is None else req.temperature)
+        if temperature < GREEDY_BELOW:  # as vLLM: a vanishing temperature is greedy (dividing by it overflows)
+            temperature = 0.0
+        job = Job(conversation, images, max_tokens, temperature,
                   float(req.top_p or 1.0), [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
                   emit=lambda ev: _emit_threadsafe(loop, events, ev), stream=req.stream, pixels=pixels)
         try:
@@ -162,7 +166,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
         if not req.stream:
             while True:
                 try:
-                    ev = await asyncio.wait_for(events.get(), timeout=0.25)
+                    ev = await asyncio.wait_for(events.get(), timeout=0.1)
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():  # the caller gave up: free its place in the batch
                         job.cancelled = True

@@ -49,9 +49,10 @@ class _PrepareFailed(Exception):
 class _Row:
     """Incremental decoding of one batch row: its tokens, the text already sent, and whether it is finished."""
 
-    def __init__(self, job: Job, tokenizer, eos: set[int]):
-        self.job, self.tok, self.eos = job, tokenizer, eos
+    def __init__(self, job: Job, tokenizer, eos: set[int], n_prompt: int = 0):
+        self.job, self.tok, self.eos, self.n_prompt = job, tokenizer, eos, n_prompt
         self.ids: list[int] = []
+        self.answered = False
         self.sent = ""
         self.final = ""  # the whole answer once finished (the non-streamed reply)
         self.finish: str | None = None
@@ -62,6 +63,7 @@ class _Row:
             return
         if self.job.cancelled:
             self.finish = "cancelled"
+            self.answer()
             return
         self.ids.append(token)
         if token in self.eos:
@@ -86,6 +88,17 @@ class _Row:
     def end(self, finish: str, text: str) -> None:
         self.finish, self.final = finish, text
         self._flush(text)
+        self.answer()
+
+    def answer(self) -> None:
+        """The row's reply, the moment the row is finished: a short answer never waits for the longest row of
+        its batch (nor for a row whose caller went away)."""
+        if self.answered:
+            return
+        self.answered = True
+        usage = {"prompt_tokens": self.n_prompt, "completion_tokens": len(self.ids),
+                 "total_tokens": self.n_prompt + len(self.ids)}
+        self.job.emit(("done", "stop" if self.finish == "cancelled" else self.finish, usage, self.final or self.sent))
 
     def _flush(self, text: str) -> None:
         if len(text) > len(self.sent) and text.startswith(self.sent):
@@ -282,7 +295,8 @@ class Engine:
         except Exception as exc:
             raise _PrepareFailed(type(exc).__name__) from exc
         inputs = inputs.to(self.device)
-        rows = [_Row(j, self.processor.tokenizer, self.eos) for j in batch]
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        rows = [_Row(j, self.processor.tokenizer, self.eos, int(n)) for j, n in zip(batch, prompt_tokens)]
         first = batch[0]
         sample = first.temperature > 0
         kwargs = dict(do_sample=sample, temperature=first.temperature if sample else None,
@@ -290,13 +304,10 @@ class Engine:
         with torch.inference_mode():
             self.model.generate(**inputs, max_new_tokens=max(j.max_tokens for j in batch), pad_token_id=self.pad_id,
                                 stopping_criteria=[self._tracker(rows)], **kwargs)
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         self.stats["batches"] += 1
         self.stats["rows"] += len(batch)
         self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
-        for row, n_prompt in zip(rows, prompt_tokens):
+        for row in rows:
             if row.finish is None:  # generate stopped on its own length limit
                 row.end("length", row._text())
-            usage = {"prompt_tokens": int(n_prompt), "completion_tokens": len(row.ids),
-                     "total_tokens": int(n_prompt) + len(row.ids)}
-            row.job.emit(("done", "stop" if row.finish == "cancelled" else row.finish, usage, row.final or row.sent))
+            row.answer()
