@@ -277,6 +277,10 @@ def test_read_shape_reads_back_every_pre_training_answer():
     ("A closed ring around the edge zone.", "ring"), ("Curved arcs along the edge.", "arc"),
     ("Nearly every die fails.", "near-full"), ("No group stands out; the failures are sparse.", "none"),
     ("The failures outline a cluster during the test.", ""), ("", ""),
+    # a class name that holds a shape word is not a shape reading (issue 28: "SFT reads a ring on 93-100% of
+    # Edge-Ring maps" may only have meant that it named the class)
+    ("This is an Edge-Ring pattern.", ""), ("Edge-Ring at the edge-ring zone", ""),
+    ("Edge-Ring: a closed ring at the edge.", "ring"), ("A ring-like band.", "ring"),
 ])
 def test_read_shape_by_hand(answer, shape):
     from wafersage_utils.evaluation import inference

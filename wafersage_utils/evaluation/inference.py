@@ -67,7 +67,8 @@ def save_card_images(card: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
 # the measured facts with one of the shape words of describe.SHAPE_WORDS.
 SHAPE_QUESTION = "What shape does the largest group of failing dies form?"
 SHAPES = ("near-full", "ring", "arc", "line", "blob", "none")
-_SHAPE_WORD = re.compile(r"\b(ring|arc|line|blob)s?\b")
+# A shape word on its own, never inside a class name: "Edge-Ring" names the class, not a ring it saw.
+_SHAPE_WORD = re.compile(r"(?<![\w-])(ring|arc|line|blob)s?\b")
 
 
 def read_shape(answer: str) -> str:
