@@ -52,8 +52,10 @@ def test_sync_rewrites_a_drifted_cell(tmp_path):
 
 
 def test_from_namespace_names_a_missing_parameter():
-    ns = {f.name: 0 for f in fields(recipe.VQASettings)} | {"pairs_per_wafer": 5}
+    ns = {f.name: getattr(recipe.VQASettings(), f.name) for f in fields(recipe.VQASettings)} | {"pairs_per_wafer": 5}
     assert recipe.VQASettings.from_namespace(ns).pairs_per_wafer == 5
+    with pytest.raises(ValueError, match=r"04_vqa.min_reference_score = 2: expected a value in \[0, 1\]"):
+        recipe.VQASettings.from_namespace(ns | {"min_reference_score": 2})  # a notebook run by hand is checked too
     del ns["min_reference_score"]
     with pytest.raises(NameError, match="min_reference_score"):
         recipe.VQASettings.from_namespace(ns)

@@ -21,7 +21,15 @@ RUN_DIR_LINE = 'run_dir: str = "../results/dev"  # run folder (the runner sets i
 
 
 class StageSettings:
-    """What every stage's settings share: built from a notebook's namespace, rendered as its parameters cell."""
+    """What every stage's settings share: built from a notebook's namespace, rendered as its parameters cell,
+    and checked against the value rules below when made (a notebook run by hand is checked as the runner checks)."""
+
+    def __post_init__(self):
+        stem = next((k for k, v in STAGES.items() if v is type(self)), None)
+        if stem is not None:
+            problems = stage_problems(stem, self)
+            if problems:
+                raise ValueError("; ".join(problems))
 
     @classmethod
     def from_namespace(cls, namespace: Mapping[str, Any]):
@@ -390,14 +398,10 @@ def rule_for(stem: str, name: str):
     return RULES.get(f"{stem}.{name}", RULES.get(name))
 
 
-def check_stage(stem: str, values: Mapping[str, Any], source: str = "params") -> StageSettings:
-    """The stage's settings from its defaults and `values`, every value checked; ValueError lists every
-    problem, each naming the section, the key, the value and what was expected."""
-    cls = STAGES[stem]
-    known = {f.name for f in fields(cls)}
-    settings = cls(**{k: v for k, v in values.items() if k in known})
+def stage_problems(stem: str, settings: StageSettings) -> list[str]:
+    """Every value of a stage's settings that breaks its rule, each naming the section, key and value."""
     problems = []
-    for f in fields(cls):
+    for f in fields(settings):
         rule, value = rule_for(stem, f.name), getattr(settings, f.name)
         if rule is None or isinstance(value, bool) and f.type != "bool":
             continue
@@ -408,12 +412,25 @@ def check_stage(stem: str, values: Mapping[str, Any], source: str = "params") ->
         if why:
             problems.append(f"{stem}.{f.name} = {value!r}: {why}")
     for names, ok, expected in CROSS_RULES.get(stem, []):
-        if not ok(settings):
+        try:
+            good = ok(settings)
+        except TypeError:
+            good = False
+        if not good:
             problems.append(f"{stem}: " + ", ".join(f"{n} = {getattr(settings, n)!r}" for n in names)
                             + f": expected {expected}")
-    if problems:
-        raise ValueError(f"{source}: " + "; ".join(problems))
-    return settings
+    return problems
+
+
+def check_stage(stem: str, values: Mapping[str, Any], source: str = "params") -> StageSettings:
+    """The stage's settings from its defaults and `values`, every value checked; ValueError lists every
+    problem, each naming the section, the key, the value and what was expected."""
+    cls = STAGES[stem]
+    known = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in values.items() if k in known})
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
 
 
 def sync_notebook(path: Path) -> bool:

@@ -221,6 +221,14 @@ def _answer(t: Template, labels: list[str], desc: dict) -> str:
     return desc["root_cause"]
 
 
+def reference_answer(template_id: str, labels: list[str], desc: dict) -> str | None:
+    """The answer this corpus writes for a non-consistency template, given a label and the map's grounded
+    description (None for a consistency check, whose question itself depends on the map): what the scripted
+    baseline of stage 07 answers with another label."""
+    t = BY_ID.get(template_id)
+    return None if t is None else _answer(t, labels, desc)
+
+
 def _terms(rubric: Rubric, t: Template) -> dict[str, dict[str, list[str]]]:
     """The rubric terms a pair is scored on: a defect-type question only on the pattern names."""
     terms = rubric.terms()
