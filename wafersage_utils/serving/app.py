@@ -42,9 +42,10 @@ def printable(text: str, limit: int = 300) -> str:
 def prepare(req, cfg: ServeConfig, engine: Engine) -> tuple[list[dict], list, int]:
     """Admission of one request, alone (a worker thread): its images decoded, checked and cut to what the model
     sees, then its prompt built and counted. (conversation, images, pixels held)."""
-    conversation, images = to_conversation(req, cfg)
-    images = [engine.fit_image(im) for im in images]
-    engine.admit(conversation, images)
+    with engine.admission:  # a few requests decode their images at a time: decoding memory stays bounded too
+        conversation, images = to_conversation(req, cfg)
+        images = [engine.fit_image(im) for im in images]
+        engine.admit(conversation, images)
     return conversation, images, sum(im.width * im.height for im in images)
 
 

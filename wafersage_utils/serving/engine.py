@@ -148,6 +148,7 @@ class Engine:
         self._pending: deque[Job] = deque()
         self._cv = threading.Condition()
         self._prep = threading.Lock()  # the processor (its tokenizer's padding state) is not safe across threads
+        self.admission = threading.BoundedSemaphore(max(1, cfg.admission_slots))
         self.held_pixels = 0
         tok = self.processor.tokenizer
         self.control_tokens = sorted({t.content for t in tok.added_tokens_decoder.values()

@@ -28,6 +28,7 @@ class ServeConfig:
     max_image_pixels: int = 4096 * 4096  # width x height per image, read from the header before decoding
     max_image_bytes: int = 8 << 20  # encoded size per image (data URL, file or download)
     max_held_image_pixels: int = 64 << 20  # decoded image pixels held by all admitted, unfinished requests; past it, 429
+    admission_slots: int = 4  # requests decoding and tokenising at once (each may decode max_images images of max_image_pixels)
     image_root: str = ""  # local image paths are allowed only inside this folder ('' refuses them all)
     allow_remote_images: bool = False  # http(s) image URLs
     remote_timeout_s: float = 10.0  # the whole download of one remote image (connect, headers and body)
