@@ -63,6 +63,25 @@ def test_llm_judge_repairs_once_then_scores(server, tmp_path):
     assert len(script.requests) == n
 
 
+def test_an_image_seeing_judge_gets_the_map_and_the_question_but_no_reference(server, tmp_path):
+    import base64
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "w1.png").write_bytes(png)
+    url, script = server([], responder=lambda r: '{"spatial": 3, "morphology": 4, "overall": 3}')
+    settings = llm.ChatSettings(model="vlm-judge", base_url=url, max_retries=0)
+    j = judge.make_judge("openai", tmp_path / "cache", settings, sees_image=True, image_root=tmp_path)
+    out = j.score(_rows().assign(image="images/w1.png"), ["The center holds a round blob."], progress=False)
+    assert out.loc[0, "judge_overall"] == 3.0 and out.loc[0, "judge"] == "llm-image:vlm-judge"
+    content = script.requests[0]["messages"][-1]["content"]
+    assert content[0]["type"] == "image_url" and content[0]["image_url"]["url"].startswith("data:image/png;base64,")
+    text = content[-1]["text"]
+    assert "round blob" in text and "A round blob at the center." not in text and "must_hit" not in text
+    assert "no reference" in script.requests[0]["messages"][0]["content"]
+    with pytest.raises(ValueError, match="needs an LLM judge"):
+        judge.make_judge("embedding", tmp_path, sees_image=True)
+
+
 def test_llm_judge_keeps_a_reply_that_stays_bad_as_an_error(server, tmp_path):
     url, _ = server([], responder=lambda r: "I would give it a seven.")
     settings = llm.ChatSettings(model="judge-m", base_url=url, max_retries=0)
@@ -209,6 +228,18 @@ def test_error_taxonomy_on_hand_made_answers():
     e = taxonomy.answer_errors("Check the spin-coat or chuck center effect.", "root_cause", ["Center"], f, kb)
     assert e["wrong_root_cause"] is False
     assert rates["over_splitting_rate"] == 0.5 and rates["over_splitting_n"] == 2 and rates["wrong_root_cause_n"] == 0
+
+
+def test_a_truncated_answer_claims_nothing_with_its_unfinished_sentence():
+    # Cut by the token limit: "The edge zone is" would read as a claim of failures at the edge (issue 28).
+    f, kb = _facts(), load_knowledge()
+    cut = "The failures cluster at the center. The edge zone is"
+    e = taxonomy.answer_errors(cut, "spatial", ["Center"], f, kb)
+    assert e["truncated"] is True and e["hallucinated_location"] is False
+    whole = taxonomy.answer_errors("The failures cluster at the center. The edge zone is full of failures.", "spatial",
+                                   ["Center"], f, kb)
+    assert whole["truncated"] is False and whole["hallucinated_location"] is True  # a finished claim still counts
+    assert taxonomy.complete_part("The edge zone is") == "" and not taxonomy.is_truncated("A ring (edge).")
 
 
 # --- answer backends -------------------------------------------------------------------------------------

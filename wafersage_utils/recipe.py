@@ -283,12 +283,14 @@ class EvalSettings(StageSettings):
     judge_base_url: str = "http://localhost:8000/v1"  # openai judge: endpoint
     judge_api_key_env: str = "OPENAI_API_KEY"  # openai judge: environment variable holding the key
     judge_concurrency: int = 4  # openai judge: requests in flight
+    judge_sees_image: bool = False  # openai judge: send it the wafer map and the question, without the reference or rubric (a VLM grades against the map)
     align_trials: int = 200  # optuna TPE trials fitting the rule constants to the judge on validation
     n_bootstrap: int = 2000  # bootstrap resamples of wafers for every interval
     n_gallery: int = 3  # examples per error category in the gallery
     type_eval: str = "vqa"  # defect type as a classification over: vqa (the defect-type questions of the sampled test wafers) | split (every labelled test map of stage 01, asked as the scorer asks: real data sets)
     real_check: str = "wm811k"  # sim-to-real: a real source (wm811k | mixedwm38) or file the SFT model and the baseline are also scored on, every labelled map (skipped for a run on that source, or where the file is absent); empty: none
     real_check_max_maps: int = 0  # sim-to-real: a seeded sample of that many real maps; 0 means all
+    perturb_max_questions: int = 1500  # perturbation check: a seeded sample of whole test wafers with about this many scored questions; 0 means all
 
 
 STAGES: dict[str, type[StageSettings]] = {
@@ -384,6 +386,7 @@ RULES: dict[str, Any] = {
     "rule_avoid_penalty": _ge(0), "rule_w_hit": _ge(0), "rule_w_avoid": _ge(0), "rule_threshold": SHARE,
     "judge_backend": _one_of("embedding", "openai"), "judge_concurrency": _ge(1), "align_trials": _ge(0),
     "n_gallery": _ge(0), "type_eval": _one_of("vqa", "split"), "real_check_max_maps": _ge(0),
+    "perturb_max_questions": _ge(0),
 }
 
 #: Rules between fields of one stage: (names, rule over the settings, what is expected).

@@ -37,6 +37,17 @@ JUDGE_SYSTEM = (
 JUDGE_USER = (
     "Question: {question}\n\nRubric: {rubric}\n\nReference answer: {reference}\n\nAnswer to grade: {answer}\n\n"
     "Reply with exactly this JSON object, numbers from 0 to 10: {template}")
+JUDGE_SYSTEM_IMAGE = (
+    "You are a senior semiconductor yield engineer grading answers about wafer maps. You are shown the wafer map "
+    "itself (die grid: light blue passing dies, red failing dies, white outside the wafer), the question asked "
+    "about it and the answer to grade; there is no reference answer. Judge the answer against what the map shows: "
+    "the defect pattern, where the failing dies are (zones, clock positions with 12 o'clock at the top), their "
+    "shape and density, and whether any process cause it proposes fits such a pattern. Grade each asked "
+    "dimension from 0 (wrong or missing) to 10 (correct and complete), and give an overall grade. Reply with one "
+    "JSON object only.")
+JUDGE_USER_IMAGE = (
+    "Question: {question}\n\nAnswer to grade: {answer}\n\n"
+    "Reply with exactly this JSON object, numbers from 0 to 10: {template}")
 JUDGE_REPAIR = ("Your reply could not be used: {error}. Reply again with only the JSON object {template}, "
                 "every value a number from 0 to 10.")
 
@@ -82,26 +93,43 @@ def _result_frame(name: str, scores: list[dict | None], errors: list[str], extra
 
 @dataclass
 class LLMJudge:
-    """An LLM judge behind an OpenAI-compatible endpoint (the chat client caches every reply)."""
+    """An LLM judge behind an OpenAI-compatible endpoint (the chat client caches every reply).
+
+    `sees_image` (a run folder in `image_root`): the judge is sent the wafer map and the question, and neither
+    the reference nor the rubric, so a strong VLM grades the answer against the map rather than against our
+    own text (whose errors a reference-based judge inherits)."""
 
     client: object  # llm.ChatClient (or anything with complete_many(requests, desc, progress))
     settings: ChatSettings
     kind: str = "llm"
+    sees_image: bool = False
+    image_root: Path | None = None  # the run folder the rows' `image` paths are relative to
 
     @property
     def name(self) -> str:
-        return f"llm:{self.settings.model}"
+        return f"llm{'-image' if self.sees_image else ''}:{self.settings.model}"
 
     def _user(self, row, answer: str, dims: list[str]) -> str:
+        if self.sees_image:
+            return JUDGE_USER_IMAGE.format(question=row["question"], answer=answer or "(empty)", template=_template(dims))
         rubric = {d: rubric_of(row["terms"])[d] for d in dims}
         return JUDGE_USER.format(question=row["question"], rubric=json.dumps(rubric), reference=row["answer"],
                                  answer=answer or "(empty)", template=_template(dims))
 
+    def _request(self, row, user: str, follow_up: list[dict] | None = None) -> dict:
+        if not self.sees_image:
+            return build_request(self.settings, JUDGE_SYSTEM, user, follow_up=follow_up)
+        if self.image_root is None or "image" not in row:
+            raise ValueError("an image-seeing judge needs the rows' `image` column and the run folder (image_root)")
+        png = (Path(self.image_root) / row["image"]).read_bytes()
+        return build_request(self.settings, JUDGE_SYSTEM_IMAGE, user, png, follow_up=follow_up)
+
     def score(self, rows: pd.DataFrame, answers: list[str], progress: bool = True) -> pd.DataFrame:
         """One row of scores per (question row, answer), with `judge`, `judge_error` and `judge_repaired`."""
         dims = [_dims_of(rubric_of(t)) for t in rows["terms"]]
-        users = [self._user(r, a, d) for (_, r), a, d in zip(rows.iterrows(), answers, dims)]
-        first = self.client.complete_many([build_request(self.settings, JUDGE_SYSTEM, u) for u in users],
+        records = [r for _, r in rows.iterrows()]
+        users = [self._user(r, a, d) for r, a, d in zip(records, answers, dims)]
+        first = self.client.complete_many([self._request(r, u) for r, u in zip(records, users)],
                                           desc="judge", progress=progress)
         scores: list[dict | None] = [None] * len(users)
         errors, repaired, repairs = [""] * len(users), [False] * len(users), {}
@@ -115,7 +143,7 @@ class LLMJudge:
                 errors[i] = f"unparseable reply: {exc}"
                 turns = [{"role": "assistant", "content": r.text},
                          {"role": "user", "content": JUDGE_REPAIR.format(error=exc, template=_template(dims[i]))}]
-                repairs[i] = build_request(self.settings, JUDGE_SYSTEM, users[i], follow_up=turns)
+                repairs[i] = self._request(records[i], users[i], follow_up=turns)
         if repairs:
             second = self.client.complete_many(list(repairs.values()), desc="judge repairs", progress=progress)
             for i, r in zip(repairs, second):
@@ -175,12 +203,16 @@ class EmbeddingJudge:
         return _result_frame(self.name, scores, [""] * len(scores))
 
 
-def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = None, device: str | None = None):
-    """`embedding` (offline default) or `openai` (an LLM judge; needs `settings`)."""
+def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = None, device: str | None = None,
+               sees_image: bool = False, image_root: Path | None = None):
+    """`embedding` (offline default) or `openai` (an LLM judge; needs `settings`; with `sees_image` it grades
+    against the map in `image_root`'s images instead of the reference)."""
     if backend == "embedding":
+        if sees_image:
+            raise ValueError("judge_sees_image needs an LLM judge (judge_backend: openai); the embedding judge reads no image")
         return EmbeddingJudge(device=device)
     if backend == "openai":
         if settings is None:
             raise ValueError("judge backend 'openai' needs chat settings (judge_model, judge_base_url)")
-        return LLMJudge(ChatClient(settings, cache_dir), settings)
+        return LLMJudge(ChatClient(settings, cache_dir), settings, sees_image=sees_image, image_root=image_root)
     raise ValueError(f"judge backend {backend!r}: expected 'embedding' or 'openai'")

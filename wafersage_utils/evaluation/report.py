@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from ..corpus.consistency import PROBLEMS as REFERENCE_PROBLEMS
 from ..corpus.scoring import DIMENSIONS
 from ..runner.runs import PROJECT_ROOT, atomic_write_text
+from .sensitivity import highest_floor
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 REFERENCE_RUNS = ("default", "wm811k", "mixedwm38")  # the committed reference runs, in the README's order
@@ -58,22 +60,64 @@ def model_scores(table: pd.DataFrame, metrics: dict):
         lo = np.array([metrics.get(f"{m}/{key}_ci_low", np.nan) for m in ms], float)
         hi = np.array([metrics.get(f"{m}/{key}_ci_high", np.nan) for m in ms], float)
         ax.barh(ms, v, xerr=np.nan_to_num(np.vstack([v - lo, hi - v])), color="#4393c3", capsize=3)
+        floor = highest_floor(metrics, key)
+        if np.isfinite(floor):  # what a trivial answer already scores, and the reference itself
+            ax.axvline(floor, color="#999999", ls="--", lw=1, label=f"highest floor {floor:.2f}")
+            ax.axvline(metrics.get(f"ceiling/reference/{key}", scale), color="black", lw=1, label="reference")
+            ax.legend(fontsize=7, loc="lower right", frameon=False)
         ax.set(xlim=(0, scale), title=f"{title}, test", xlabel="mean (95% interval over wafers)")
         ax.invert_yaxis()
     fig.tight_layout()
     return fig
 
 
-def confusions(tables: dict[str, pd.DataFrame]):
-    """Row-normalised confusion matrices of single-pattern wafers, one panel per predictor."""
+FLOOR_LABELS = {"empty": "empty answer", "question": "question copied", "other_reference": "another wafer's reference",
+                "label_sentence": "label in a fixed sentence", "reference": "the reference (ceiling)"}
+
+
+def floor_figure(floors: pd.DataFrame, scripted: pd.DataFrame, perturbations: pd.DataFrame, models: list[str]):
+    """Can the scores fail? Left two panels: rule and judge score of the models and the scripted baseline on
+    the same questions (bars), with the trivial answers' scores as lines (floors, grey; the reference, black).
+    Right: each metric's mean drop when a reference answer is made wrong in one way, in units of its margin
+    (under 1: insensitive to that change, hatched)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    names = {"scripted": "scripted (classical label)", "scripted_true": "scripted (true label)"}
+    for ax, key, scale in ((axes[0], "rule_score", 1.0), (axes[1], "judge_score", 10.0)):
+        who = scripted["answers"].tolist()
+        ax.barh([names.get(w, w) for w in who], scripted[key], color=["#4393c3" if w in models else "#92c5de"
+                                                                      for w in who])
+        for _, r in floors.iterrows():
+            ax.axvline(r[key], color="black" if r["answer"] == "reference" else "#999999",
+                       ls="-" if r["answer"] == "reference" else "--", lw=1)
+            ax.text(r[key], -0.6, FLOOR_LABELS.get(r["answer"], r["answer"]), rotation=90, fontsize=6,
+                    va="bottom", ha="right", color="#555555")
+        ax.set(xlim=(0, scale), title=f"{key.replace('_', ' ')}, test (lines: floors and ceiling)")
+        ax.invert_yaxis()
+    drops = perturbations.pivot(index="change", columns="metric", values="mean_drop")
+    margins = perturbations.groupby("metric")["margin"].first()
+    ratio = drops / margins
+    sns.heatmap(ratio, annot=drops.round(2), fmt="", cmap="RdYlGn", vmin=0, vmax=2, cbar=False, ax=axes[2])
+    for i, change in enumerate(ratio.index):
+        for j, metric in enumerate(ratio.columns):
+            if not ratio.loc[change, metric] >= 1:
+                axes[2].add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="//", lw=0, color="#444444"))
+    axes[2].set(title="mean drop per one-change error\n(hatched: under the margin, insensitive)", xlabel="", ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def confusions(tables: dict[str, pd.DataFrame], subset: str = "test split, single-pattern maps"):
+    """Row-normalised confusion matrices, one panel per predictor; each row names its count of maps, and the
+    title which maps the panels show."""
     n = len(tables)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
     for ax, (name, cm) in zip(axes[0], tables.items()):
         norm = cm.div(cm.sum(axis=1).replace(0, 1), axis=0)
         sns.heatmap(norm, annot=cm.values, fmt="d", cmap="Blues", vmin=0, vmax=1, cbar=False, ax=ax,
-                    annot_kws={"fontsize": 6})
+                    annot_kws={"fontsize": 6}, yticklabels=[f"{r} (n={int(cm.loc[r].sum())})" for r in cm.index])
         ax.set(title=name, xlabel="answered", ylabel="label")
         ax.tick_params(labelsize=6)
+    fig.suptitle(subset, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -83,7 +127,7 @@ def alignment_scatter(rule_before, rule_after, judge, rho_before: float, rho_aft
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=True)
     for ax, x, title in ((axes[0], rule_before, f"default constants: rho {rho_before:.3f}"),
                          (axes[1], rule_after, f"fitted constants: rho {rho_after:.3f}")):
-        ax.scatter(x, judge, s=4, alpha=0.3, color="#2166ac")
+        ax.hexbin(x, judge, gridsize=25, cmap="Blues", mincnt=1, bins="log")  # thousands of answers: density, not dots
         ax.set(xlabel="rule score", title=title)
     axes[0].set_ylabel(f"judge ({judge_name})")
     fig.tight_layout()
@@ -135,6 +179,46 @@ def results_markdown(run_dir: Path) -> str:
                          f"({m.get(f'{p}/rule_score_p', float('nan')):.2f}) | {_cell(m, f'{p}/judge_score')} "
                          f"({m.get(f'{p}/judge_score_p', float('nan')):.2f}) | "
                          f"{m.get(f'{p}/type_accuracy_test_mcnemar_p', float('nan')):.3f} |")
+    if "ceiling/reference/rule_score" in m:
+        lines += ["", "Can the scores fail? The same metrics on trivial answers (floors) and on the reference itself "
+                  "(ceiling), over the test questions above; and each model's share of the range from the highest "
+                  "floor to the ceiling:", "",
+                  "| answers | rule score | judge score (0-10) | type accuracy |", "|---|---|---|---|"]
+        for kind, label in FLOOR_LABELS.items():
+            pre = "ceiling" if kind == "reference" else "floor"
+            lines.append(f"| {label} | " + " | ".join(_cell(m, f"{pre}/{kind}/{k}") for k in
+                                                      ("rule_score", "judge_score", "type_accuracy")) + " |")
+        lines += [f"| {n}: share of the floor-to-ceiling range | {_cell(m, f'{n}/rule_score_range_share')} | "
+                  f"{_cell(m, f'{n}/judge_score_range_share')} | |" for n in models]
+        if "scripted/rule_score" in m:
+            lines += ["", f"The scripted baseline (stage 01's classical label written up by the grounded teacher from "
+                      f"the measured facts) beside the models, on the {m.get('scripted_rows/n_questions', '?')} test "
+                      "questions it answers (all but the consistency checks):", "",
+                      "| answers | rule score | judge score (0-10) | type accuracy |", "|---|---|---|---|"]
+            for who in [*models, "scripted", "scripted_true"]:
+                label = {"scripted": "scripted baseline (classical label)",
+                         "scripted_true": "scripted, true label (must equal the reference)"}.get(who, who)
+                lines.append(f"| {label} | " + " | ".join(_cell(m, f"scripted_rows/{who}/{k}") for k in
+                                                          ("rule_score", "judge_score", "type_accuracy")) + " |")
+        changes = sorted({k.split("/")[2] for k in m if k.startswith("perturbation/") and k.count("/") == 2
+                          and not k.endswith(("n_questions", "insensitive"))})
+        if changes:
+            bad = set(m.get("perturbation/insensitive", []))
+            lines += ["", f"Perturbations: the mean drop of each metric when a reference answer is made wrong in one "
+                      f"way ({m.get('perturbation/n_questions', '?')} test questions; margins 0.1 rule score, 1 judge "
+                      "point; **insensitive** where the drop stays under the margin):", "",
+                      "| change | rule score drop | judge score drop |", "|---|---|---|"]
+            for c in ("clock", "zone", "shape", "negation", "pattern", "cause"):
+                cells = []
+                for metric in ("rule_score", "judge_score"):
+                    v = m.get(f"perturbation/{metric}/{c}")
+                    cells.append("-" if v is None else f"{v:.3f}" + (" **insensitive**" if f"{metric}/{c}" in bad else ""))
+                lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if "references/references" in m:
+        found = ", ".join(f"{p.replace('_', ' ')} {m.get(f'references/{p}', 0)}" for p in REFERENCE_PROBLEMS)
+        lines += ["", f"References that disagree with their label or the measured map: "
+                  f"{m['references/references_with_a_problem']} of {m['references/references']} "
+                  f"({found}; `tables/eval_reference_problems.csv`)."]
     cats = sorted({k.split("/")[2][:-5] for k in m if k.startswith("errors/") and k.endswith("_rate")})
     lines += ["", "| error rate | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     lines += [f"| {c.replace('_', ' ')} | " + " | ".join(_cell(m, f"errors/{n}/{c}_rate") for n in models) + " |"
@@ -172,8 +256,29 @@ def _run_row(run_dir: Path) -> str:
     return (f"| [{run_dir.name}](results/{run_dir.name}/REPORT.md) | {data} | {n_type} | "
             f"{final.upper()}: {_cell(m, f'{final}/{acc}')}{star} | {_cell(m, f'{final}/{f1}')}{star} | "
             f"{_cell(m, f'baseline/{acc}')}{star} | {_cell(m, f'baseline/{f1}')}{star} | {_real_cell(run_dir, m01)} | "
-            f"{_cell(m, 'sft/rule_score')} | {_cell(m, f'{final}/rule_score')} | "
-            f"{_cell(m, f'{final}/judge_score', 2)} | {minutes:.0f} min | `{command}` |")
+            f"{_cell(m, 'sft/rule_score')} | {_cell(m, f'{final}/rule_score')}{_floor(m, 'rule_score')} | "
+            f"{_cell(m, f'{final}/judge_score', 2)}{_floor(m, 'judge_score', 1)} | {minutes:.0f} min | `{command}` |")
+
+
+def _floor(m: dict, key: str, digits: int = 2) -> str:
+    """' (floor x)': the highest score of a trivial answer for the metric, where stage 07 measured it."""
+    f = highest_floor(m, key)
+    return f" (floor {f:.{digits}f})" if np.isfinite(f) else ""
+
+
+def _scripted_row(run_dir: Path) -> str:
+    m = json.loads((run_dir / "metrics" / "07_eval.json").read_text())
+    if "scripted/rule_score" not in m:
+        return f"| {run_dir.name} | not measured yet (stage 07 predates the check) | | | | |"
+    final = "rl" if "rl" in m["models"] else "sft"
+    return (f"| {run_dir.name} | {m['scripted/rule_score']:.3f} / {m['scripted_rows/' + final + '/rule_score']:.3f} | "
+            f"{m['scripted/judge_score']:.2f} / {m['scripted_rows/' + final + '/judge_score']:.2f} | "
+            f"{_cell(m, 'scripted/type_accuracy')} / {_cell(m, f'scripted_rows/{final}/type_accuracy')} | "
+            f"{highest_floor_text(m)} | {', '.join(m.get('perturbation/insensitive', [])) or 'none'} |")
+
+
+def highest_floor_text(m: dict) -> str:
+    return f"{highest_floor(m, 'rule_score'):.2f} / {highest_floor(m, 'judge_score'):.1f}"
 
 
 def headline_markdown(run_dirs: list[Path]) -> str:
@@ -187,6 +292,13 @@ def headline_markdown(run_dirs: list[Path]) -> str:
     if any("\\*" in row for row in rows):  # a MixedWM38 row shows the marked measures
         lines += ["", ("\\* MixedWM38: exact-match accuracy over every test map (single and mixed) and macro-F1 "
                        "over the eight patterns, the data set's usual measures.")]
+    lines += ["", "Floors are the highest score of a trivial answer (empty, the question copied, another wafer's "
+              "reference, the label in a fixed sentence); the ceiling, the reference answer itself, scores 1 and 10. "
+              "The scripted baseline is stage 01's classical label written up by the grounded teacher from the "
+              "measured facts, on the same test questions as the final model (all but the consistency checks):", "",
+              "| run | rule score, scripted / final | judge, scripted / final | type accuracy, scripted / final | "
+              "highest floor, rule / judge | insensitive to (one-change perturbations) |", "|---" * 6 + "|"]
+    lines += [_scripted_row(Path(r)) for r in run_dirs]
     return "\n".join(lines)
 
 

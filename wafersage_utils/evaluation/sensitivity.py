@@ -21,8 +21,11 @@ import pandas as pd
 
 from ..corpus.describe import PATTERN_NAMES, grounded_description
 from ..corpus.knowledge import PatternKnowledge
+from ..corpus.scoring import DIMENSIONS
 from ..corpus.vqa import reference_answer
 from ..maps.conventions import NONE_LABEL, PATTERNS
+from .answers import is_mixed, type_correct
+from .classification import rule_scores
 
 FLOORS = ("empty", "question", "other_reference", "label_sentence")
 CEILING = "reference"
@@ -31,6 +34,38 @@ CHANGES = ("clock", "zone", "shape", "negation", "pattern", "cause")
 MARGINS = {"rule_score": 0.1, "judge_score": 1.0}
 
 Scorer = Callable[[pd.DataFrame, list[str]], np.ndarray]  # (question rows, answers) -> one score per row
+
+
+def answer_scorers(rule, judge) -> dict[str, Scorer]:
+    """The answer metrics of stage 07 as scorers: the rule score overall (`rule_score`) and per dimension
+    (`rule_<d>`), the judge's overall score (`judge_score`), and type correctness (`type_accuracy`: 1 or 0 on
+    single-pattern defect-type questions, NaN on the others). The rule scores of one call are shared."""
+    memo: dict = {}
+
+    def rules(rows, answers):
+        key = (tuple(rows.index), tuple(answers))
+        if key not in memo:
+            memo.clear()
+            memo[key] = rule_scores(list(answers), rows["terms"], rule)
+        return memo[key]
+
+    def types(rows, answers):
+        single = (rows["category"] == "defect_type").to_numpy() & ~rows["labels"].map(is_mixed).to_numpy()
+        return np.array([float(type_correct(a or "", list(lab))) if s else np.nan
+                         for a, lab, s in zip(answers, rows["labels"], single)])
+    out: dict[str, Scorer] = {"rule_score": lambda r, a: rules(r, a)["S"].to_numpy()}
+    for d in DIMENSIONS:
+        out[f"rule_{d}"] = lambda r, a, d=d: rules(r, a)[d].to_numpy()
+    out["judge_score"] = lambda r, a: judge.score(r, list(a), progress=False)["judge_overall"].to_numpy()
+    out["type_accuracy"] = types
+    return out
+
+
+def highest_floor(metrics: dict, metric: str) -> float:
+    """The highest of the trivial answers' means for a metric (the floor a model must clear)."""
+    vals = [metrics.get(f"floor/{k}/{metric}", np.nan) for k in FLOORS if k != "label_sentence" or metric != "type_accuracy"]
+    vals = [v for v in vals if np.isfinite(v)]
+    return max(vals) if vals else float("nan")
 
 
 def label_sentence(labels) -> str:
@@ -79,11 +114,17 @@ def floor_metrics(rows: pd.DataFrame, scorers: dict[str, Scorer], seed: int = 0)
     answers = floor_answers(rows, seed)
     table = {}
     for kind, texts in answers.items():
-        table[kind] = {name: float(np.nanmean(fn(rows, texts))) if len(rows) else float("nan")
-                       for name, fn in scorers.items()}
+        table[kind] = {name: _mean(fn(rows, texts)) for name, fn in scorers.items()}
     metrics = {f"{'ceiling' if kind == CEILING else 'floor'}/{kind}/{name}": v
                for kind, vals in table.items() for name, v in vals.items()}
+    # (with warnings of empty slices silenced by nanmean's NaN: a metric defined on no row is NaN)
     return metrics, pd.DataFrame(table).T.rename_axis("answer").reset_index()
+
+
+def _mean(values) -> float:
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def range_share(score: float, floor: float, ceiling: float) -> float:
@@ -223,10 +264,10 @@ def perturbation_table(rows: pd.DataFrame, scorers: dict[str, Scorer], kb: dict[
                 continue
             after = np.asarray(fn(part, texts), dtype=float)
             before = base[name][keep]
-            drop = float(np.nanmean(before - after))
+            drop = _mean(before - after)
             margin = margins.get(name, np.nan)
             out.append({"metric": name, "change": change, "n": int(keep.sum()),
-                        "score_reference": float(np.nanmean(before)), "score_changed": float(np.nanmean(after)),
+                        "score_reference": _mean(before), "score_changed": _mean(after),
                         "mean_drop": drop, "margin": margin, "sensitive": bool(drop >= margin)})
             metrics[f"perturbation/{name}/{change}"] = drop
     return pd.DataFrame(out), metrics

@@ -14,9 +14,13 @@ Categories, each a rate over the answers where the error is possible:
   measure no clustered failures (zone and clock claims of `claims.check_description`). Over all answers;
   `hallucinated_clock` counts clock positions only.
 
-Negation is respected throughout ("the center is clear" claims nothing about the center).
+Negation is respected throughout ("the center is clear" claims nothing about the center). An answer cut by the
+token limit ("... The edge zone is") is read without its unfinished last sentence: a half sentence claims
+nothing (`complete_part`; `truncated` counts such answers).
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -29,10 +33,29 @@ CATEGORIES = ("over_splitting", "missed_pattern", "missed_subtle", "wrong_root_c
               "hallucinated_clock")
 
 
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
+
+
+def is_truncated(text: str) -> bool:
+    """Does the answer stop mid-sentence (no closing punctuation), as one cut by the token limit does?"""
+    t = (text or "").rstrip()
+    return bool(t) and not re.search(r"[.!?][\"')\]]*$", t)
+
+
+def complete_part(text: str) -> str:
+    """The answer up to its last finished sentence ('' when not even the first one is finished)."""
+    if not is_truncated(text):
+        return text or ""
+    ends = list(_SENTENCE_END.finditer((text or "").rstrip() + " "))
+    ends = [m for m in ends if m.end() <= len((text or "").rstrip())]
+    return text[: ends[-1].end()].rstrip() if ends else ""
+
+
 def answer_errors(answer: str, category: str, labels: list[str], facts: dict, kb: dict, subtle: bool = False) -> dict:
     """Each taxonomy category for one answer: True (error), False (possible, not made) or None (not possible),
-    with the contradicted claims as evidence."""
-    text = solution_text(answer or "")
+    with the contradicted claims as evidence. A truncated answer's unfinished sentence is not read."""
+    full = solution_text(answer or "")
+    text = complete_part(full)
     patterns = [x for x in labels if x != NONE_LABEL]
     out: dict = {c: None for c in CATEGORIES}
     if category == "defect_type":
@@ -49,6 +72,7 @@ def answer_errors(answer: str, category: str, labels: list[str], facts: dict, kb
     out["hallucinated_location"] = any(c["kind"] in ("zone", "clock") for c in bad)
     out["hallucinated_clock"] = any(c["kind"] == "clock" for c in bad)
     out["evidence"] = "; ".join(c["reason"] for c in bad)
+    out["truncated"] = is_truncated(full)
     return out
 
 
