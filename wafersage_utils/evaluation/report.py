@@ -80,19 +80,20 @@ def floor_figure(floors: pd.DataFrame, scripted: pd.DataFrame, perturbations: pd
     the same questions (bars), with the trivial answers' scores as lines (floors, grey; the reference, black).
     Right: each metric's mean drop when a reference answer is made wrong in one way, in units of its margin
     (under 1: insensitive to that change, hatched)."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1, 1, 0.8]})
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [1, 1, 0.8]})
     names = {"scripted": "scripted (classical label)", "scripted_true": "scripted (true label)"}
     for ax, key, scale in ((axes[0], "rule_score", 1.0), (axes[1], "judge_score", 10.0)):
         who = scripted["answers"].tolist()
         ax.barh([names.get(w, w) for w in who], scripted[key], color=["#4393c3" if w in models else "#92c5de"
                                                                       for w in who])
+        colours = dict(zip(FLOOR_LABELS, ["#bdbdbd", "#969696", "#fd8d3c", "#d94801", "black"]))
         for _, r in floors.iterrows():
-            ax.axvline(r[key], color="black" if r["answer"] == "reference" else "#999999",
-                       ls="-" if r["answer"] == "reference" else "--", lw=1)
-            ax.text(r[key], -0.6, FLOOR_LABELS.get(r["answer"], r["answer"]), rotation=90, fontsize=6,
-                    va="bottom", ha="right", color="#555555")
-        ax.set(xlim=(0, scale), title=f"{key.replace('_', ' ')}, test (lines: floors and ceiling)")
+            ax.axvline(r[key], color=colours.get(r["answer"], "#999999"), lw=1.2,
+                       ls="-" if r["answer"] == "reference" else "--", label=FLOOR_LABELS.get(r["answer"], r["answer"]))
+        ax.set(xlim=(0, scale), title=f"{key.replace('_', ' ')}, test")
         ax.invert_yaxis()
+    axes[0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncol=3, frameon=False,
+                   title="lines: trivial answers (floors) and the reference (ceiling)", title_fontsize=6)
     drops = perturbations.pivot(index="change", columns="metric", values="mean_drop")
     margins = perturbations.groupby("metric")["margin"].first()
     ratio = drops / margins
@@ -101,7 +102,7 @@ def floor_figure(floors: pd.DataFrame, scripted: pd.DataFrame, perturbations: pd
         for j, metric in enumerate(ratio.columns):
             if not ratio.loc[change, metric] >= 1:
                 axes[2].add_patch(plt.Rectangle((j, i), 1, 1, fill=False, hatch="//", lw=0, color="#444444"))
-    axes[2].set(title="mean drop per one-change error\n(hatched: under the margin, insensitive)", xlabel="", ylabel="")
+    axes[2].set(title="mean drop per one-change error\n(hatched: under margin = insensitive)", xlabel="", ylabel="")
     fig.tight_layout()
     return fig
 
