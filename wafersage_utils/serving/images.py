@@ -139,6 +139,9 @@ def download(url: str, cfg: ServeConfig, what: str, transport=None) -> bytes:
 def to_conversation(req: ChatRequest, cfg: ServeConfig) -> tuple[list[dict], list]:
     """transformers chat messages and the decoded images, in order."""
     convo, images = [], []
+    n_images = sum(isinstance(part, ImagePart) for m in req.messages if isinstance(m.content, list) for part in m.content)
+    if n_images > cfg.max_images:  # counted before any image is fetched or decoded
+        raise RequestError(400, f"more than {cfg.max_images} images in one request ({n_images})", param="messages")
     for i, m in enumerate(req.messages):
         parts = [TextPart(type="text", text=m.content or "")] if not isinstance(m.content, list) else m.content
         items = []
