@@ -112,8 +112,8 @@ def test_identical_models_and_single_wafers_have_intervals():
     assert (same["mean"], same["ci_low"], same["ci_high"], same["p_value"]) == (0.0, 0.0, 0.0, 1.0)
     one = stats.cluster_interval([1, 0, 1, 1], ["w"] * 4, n_resamples=500)
     assert one["resampled"] == "questions" and 0 <= one["ci_low"] < 0.75 < one["ci_high"] <= 1
-    with pytest.raises(ValueError, match="no values"):
-        stats.cluster_interval([], [])
+    none = stats.cluster_interval([], [])  # an LLM judge that scored nothing on a split: undefined, no error
+    assert none["n_wafers"] == 0 and np.isnan([none["mean"], none["ci_low"], none["ci_high"]]).all()
 
 
 json_values = st.recursive(

@@ -32,11 +32,13 @@ def cluster_interval(values, wafers, n_resamples: int = 2000, level: float = 0.9
 
     Defined for every sample a run can produce: all wafers alike gives [mean, mean]; a single wafer cannot
     be resampled, so its questions are (percentile; `resampled` says so); a single value gives [v, v]; a BCa
-    interval that comes out non-finite (a degenerate jackknife) is replaced by the percentile one.
+    interval that comes out non-finite (a degenerate jackknife) is replaced by the percentile one. No value at
+    all gives NaN throughout (the mean itself is undefined).
     """
     s, n = _by_wafer(values, wafers)
-    if not len(s):
-        raise ValueError("no values: an interval needs at least one scored question")
+    if not len(s):  # nothing scored (an LLM judge that answered nothing usable on a split): undefined, not an error
+        nan = float("nan")
+        return {"mean": nan, "ci_low": nan, "ci_high": nan, "n_wafers": 0, "resampled": "none"}
     mean = float(s.sum() / n.sum())
     out = {"mean": mean, "ci_low": mean, "ci_high": mean, "n_wafers": len(s), "resampled": "wafers"}
     if len(s) < 2:
@@ -72,6 +74,9 @@ def paired_difference(a, b, wafers, n_resamples: int = 2000, level: float = 0.95
         raise ValueError(f"paired scores must have equal lengths: {len(a)}, {len(b)}, {len(list(wafers))}")
     out = cluster_interval(b - a, wafers, n_resamples, level, seed)
     s, n = _by_wafer(b - a, wafers)
+    if not len(s):
+        out["p_value"] = float("nan")
+        return out
     rng = np.random.default_rng(seed + 1)
     idx = rng.integers(0, len(s), size=(n_resamples, len(s)))
     boot = s[idx].sum(axis=1) / n[idx].sum(axis=1)
