@@ -302,12 +302,12 @@ class Engine:
         sample = first.temperature > 0
         kwargs = dict(do_sample=sample, temperature=first.temperature if sample else None,
                       top_p=first.top_p if sample else None)
+        self.stats["batches"] += 1  # counted before generating: a row may answer (and its caller read these) early
+        self.stats["rows"] += len(batch)
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
         with torch.inference_mode():
             self.model.generate(**inputs, max_new_tokens=max(j.max_tokens for j in batch), pad_token_id=self.pad_id,
                                 stopping_criteria=[self._tracker(rows)], **kwargs)
-        self.stats["batches"] += 1
-        self.stats["rows"] += len(batch)
-        self.stats["max_batch"] = max(self.stats["max_batch"], len(batch))
         for row in rows:
             if row.finish is None:  # generate stopped on its own length limit
                 row.end("length", row._text())
