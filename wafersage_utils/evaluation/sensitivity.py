@@ -117,7 +117,6 @@ def floor_metrics(rows: pd.DataFrame, scorers: dict[str, Scorer], seed: int = 0)
         table[kind] = {name: _mean(fn(rows, texts)) for name, fn in scorers.items()}
     metrics = {f"{'ceiling' if kind == CEILING else 'floor'}/{kind}/{name}": v
                for kind, vals in table.items() for name, v in vals.items()}
-    # (with warnings of empty slices silenced by nanmean's NaN: a metric defined on no row is NaN)
     return metrics, pd.DataFrame(table).T.rename_axis("answer").reset_index()
 
 
@@ -125,6 +124,12 @@ def _mean(values) -> float:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     return float(v.mean()) if len(v) else float("nan")
+
+
+def range_shares(metrics: dict, models: list[str], keys=("rule_score", "judge_score")) -> dict:
+    """`<m>/<key>_range_share` for each model: its share of the range from the highest floor to the ceiling."""
+    return {f"{m}/{k}_range_share": range_share(metrics[f"{m}/{k}"], highest_floor(metrics, k),
+                                                metrics[f"ceiling/{CEILING}/{k}"]) for m in models for k in keys}
 
 
 def range_share(score: float, floor: float, ceiling: float) -> float:
@@ -151,6 +156,24 @@ def scripted_answers(rows: pd.DataFrame, labels_of: dict, facts: dict[str, dict]
             memo[key] = grounded_description(wafer, labels, facts[wafer], kb, seed)
         out.append(reference_answer(template, labels, memo[key]))
     return out
+
+
+def scripted_comparison(rows: pd.DataFrame, models: list[str], scorers: dict[str, Scorer], labels: dict[str, dict],
+                        facts: dict[str, dict], kb: dict[str, PatternKnowledge], seed: int) -> tuple[pd.DataFrame, dict]:
+    """The models (answer columns of `rows`) beside scripted answers (one per entry of `labels`: name ->
+    wafer -> labels told to the teacher), on the rows the scripted answers cover (all but consistency
+    checks): a table (answers x metric) and flat metrics `<scripted name>/<metric>`,
+    `scripted_rows/<answers>/<metric>` and `scripted_rows/n_questions`."""
+    made = {name: scripted_answers(rows, lab, facts, kb, seed) for name, lab in labels.items()}
+    written = np.array([a is not None for a in next(iter(made.values()))]) if made else np.ones(len(rows), bool)
+    part = rows[written]
+    side = {m: list(part[m]) for m in models} | {k: [a for a, w in zip(v, written) if w] for k, v in made.items()}
+    table = pd.DataFrame({who: {k: _mean(fn(part, ans)) for k, fn in scorers.items()} for who, ans in side.items()})
+    table = table.T.rename_axis("answers").reset_index()
+    metrics = {f"scripted_rows/{r['answers']}/{k}": float(r[k]) for _, r in table.iterrows() for k in scorers}
+    metrics |= {f"{r['answers']}/{k}": float(r[k]) for _, r in table.iterrows() for k in scorers if r["answers"] in made}
+    metrics["scripted_rows/n_questions"] = int(len(part))
+    return table, metrics
 
 
 # ---------------------------------------------------------------- one-change perturbations
@@ -270,4 +293,7 @@ def perturbation_table(rows: pd.DataFrame, scorers: dict[str, Scorer], kb: dict[
                         "score_reference": _mean(before), "score_changed": _mean(after),
                         "mean_drop": drop, "margin": margin, "sensitive": bool(drop >= margin)})
             metrics[f"perturbation/{name}/{change}"] = drop
-    return pd.DataFrame(out), metrics
+    table = pd.DataFrame(out)
+    metrics["perturbation/n_questions"] = int(len(rows))
+    metrics["perturbation/insensitive"] = [f"{r.metric}/{r.change}" for r in table.itertuples() if r.n and not r.sensitive]
+    return table, metrics

@@ -5,8 +5,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -41,25 +39,9 @@ def printable(text: str, limit: int = 300) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-_NICED = threading.local()
-
-
-def _yield_to_generation() -> None:
-    """Admission runs in worker threads at a lower CPU priority than the generation thread (Linux schedules
-    threads on their own nice value), so decoding a burst of large images delays waiting answers less."""
-    if getattr(_NICED, "done", False) or not hasattr(os, "setpriority"):
-        return
-    _NICED.done = True
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5))
-    except OSError:  # not permitted here: admission runs at the server's priority
-        pass
-
-
 def prepare(req, cfg: ServeConfig, engine: Engine) -> tuple[list[dict], list, int]:
     """Admission of one request, alone (a worker thread): its images decoded, checked and cut to what the model
     sees, then its prompt built and counted. (conversation, images, pixels held)."""
-    _yield_to_generation()
     with engine.admission:  # a few requests decode their images at a time: decoding memory stays bounded too
         conversation, images = to_conversation(req, cfg)
         images = [engine.fit_image(im) for im in images]
