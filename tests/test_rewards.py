@@ -29,12 +29,12 @@ def test_rubric_reward_hits_avoids_negations():
     good, half, bad, negated = ("A ring of failures along the edge.", "Failures at the edge.",
                                 "A ring at the edge and the center.", "No ring; the edge is clear, not the center.")
     s = fn(completions=[conv(good), conv(half), conv(bad), conv(negated)], rubric=[RUBRIC] * 4)
-    # good: C 1, H 1, A 1 -> 1; half: C 0.5, H 0.75 -> 0.6*0.75 + 0.4 = 0.85; bad: one avoid -> 0.6 + 0.4*0.75
+    # D = H x A: good: C 1, A 1 -> 1; half: C 0.5 -> 0.5; bad: C 1, one violation, A 0.5 -> 0.5
     assert s[0] == pytest.approx(1.0)
-    assert s[1] == pytest.approx(0.85)
-    assert s[2] == pytest.approx(0.9)
-    # "no ring", "edge is clear": neither hit counts; "not the center" is no violation
-    assert s[3] == pytest.approx(0.4)
+    assert s[1] == pytest.approx(0.5)
+    assert s[2] == pytest.approx(0.5)
+    # "no ring", "edge is clear": neither hit counts; "not the center" is no violation: nothing right, 0
+    assert s[3] == pytest.approx(0.0)
 
 
 def test_rubric_reward_reads_the_solution_only():
@@ -70,7 +70,7 @@ def test_audit_scores_every_kind_and_passes_a_useful_reward():
                                      "sft samples"}
     ref = table[(table["answers"] == "reference") & (table["reward"] == "rubric")].iloc[0]
     empty = table[(table["answers"] == "constant: empty") & (table["reward"] == "rubric")].iloc[0]
-    assert ref["mean"] == pytest.approx(1.0) and empty["mean"] == pytest.approx(0.4)
+    assert ref["mean"] == pytest.approx(1.0) and empty["mean"] == 0.0  # no floor: an empty answer earns nothing
     rewards.check_audit(table[table["reward"] == "rubric"], "sft samples")  # varies, half at the max: passes
 
 

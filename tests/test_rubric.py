@@ -50,7 +50,9 @@ def test_reference_answer_scores_high_and_contradiction_low():
     good = ("A dense, continuous band of failures forms a thin ring along the edge at all clock positions, the "
             "center clear; likely an edge non-uniformity in plasma etch during the etch step.")
     bad = "A scratch runs through the center, a blob at mid-radius; handling damage is the likely cause."
-    assert rule_score(good, t)["S"] > 0.85 and rule_score(bad, t)["S"] < 0.25
+    # good misses "outer ring (r > 0.75)" and "thin band": 3 of 4 spatial terms, 2 of 3 morphology, every cause
+    assert rule_score(good, t)["S"] == pytest.approx(0.4 * 3 / 4 + 0.35 * 2 / 3 + 0.25)
+    assert rule_score(bad, t)["S"] < 0.1
 
 
 def _generated_rows(n=120):

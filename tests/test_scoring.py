@@ -1,7 +1,18 @@
-"""The rule score: the paper's arithmetic, fuzzy hits, and negation handled both ways."""
+"""The rule score: the recipe's and the paper's arithmetic, fuzzy hits, negation handled both ways, and the
+claims a rubric's own terms rule out."""
+from dataclasses import replace
+
 import pytest
 
-from wafersage_utils.corpus.scoring import RuleParams, clauses, dimension_score, rule_score, term_found
+from wafersage_utils.corpus.scoring import (
+    PAPER,
+    RuleParams,
+    clauses,
+    dimension_score,
+    implied_violations,
+    rule_score,
+    term_found,
+)
 
 P = RuleParams()
 
@@ -20,6 +31,8 @@ P = RuleParams()
     ("The main region lies around 10 o'clock.", "4 o'clock", False),
     ("The main region lies around 10 o'clock.", "10 o'clock", True),
     ("It lies around 3 o'clock, not at 9 o'clock.", "9 o'clock", False),
+    ("A line in the edge zone from 2 to 5 o'clock.", "2 o'clock", True),  # the start of a range is a position
+    ("A line in the edge zone from 2 to 5 o'clock.", "3 o'clock", False),
     ("Edge-Ring pattern", "edge ring", True),
     ("The map shows a donut.", "scratch", False),
     ("without any random failures", "random", False),
@@ -29,12 +42,41 @@ def test_term_found(answer, term, found):
 
 
 def test_paper_arithmetic():
-    s = dimension_score("ring at the edge", ["edge", "ring", "mid-radius"], ["center"], P)
+    s = dimension_score("ring at the edge", ["edge", "ring", "mid-radius"], ["center"], PAPER)
     assert s["C"] == pytest.approx(2 / 3) and s["H"] == 1.0 and s["A"] == 1.0 and s["D"] == pytest.approx(1.0)
-    s = dimension_score("blob at the center near the edge", ["ring"], ["center", "edge", "blob"], P)
+    s = dimension_score("blob at the center near the edge", ["ring"], ["center", "edge", "blob"], PAPER)
     assert s["C"] == 0 and s["A"] == pytest.approx(0.25) and s["D"] == pytest.approx(0.4 * 0.25)
-    s = dimension_score("one hit", ["hit", "miss", "other"], [], P)
+    s = dimension_score("one hit", ["hit", "miss", "other"], [], PAPER)
     assert s["H"] == pytest.approx(0.5) and s["D"] == pytest.approx(0.6 * 0.5 + 0.4)
+    assert dimension_score("", ["edge"], ["center"], PAPER)["D"] == pytest.approx(0.4)  # the paper's floor
+
+
+def test_product_arithmetic_has_no_floor_and_no_saturation():
+    assert dimension_score("", ["edge"], ["center"], P)["D"] == 0.0  # saying nothing scores nothing
+    s = dimension_score("ring at the edge", ["edge", "ring", "mid-radius"], ["center"], P)
+    assert s["H"] == pytest.approx(2 / 3) and s["D"] == pytest.approx(2 / 3)  # a missing term costs its share
+    s = dimension_score("ring at the edge and the center", ["edge", "ring"], ["center"], P)
+    assert s["A"] == pytest.approx(0.5) and s["D"] == pytest.approx(0.5)  # one wrong claim halves it
+    with pytest.raises(ValueError, match="combine"):
+        RuleParams(combine="mean")
+
+
+@pytest.mark.parametrize("answer, dim, hit, avoid, expected", [
+    # a second region elsewhere may be right: clock positions are never implied, only listed
+    ("A line in the edge zone from 8 to 11 o'clock.", "spatial", ["edge", "2 o'clock", "5 o'clock"], [], []),
+    ("Failures in the mid-radius zone.", "spatial", ["edge"], [], ["mid-radius"]),
+    ("Failures in the center zone.", "spatial", ["edge"], ["center"], []),  # the listed term decides, once
+    ("The center is clear; failures at the edge.", "spatial", ["edge"], [], []),
+    ("A compact blob.", "morphology", ["line"], [], ["blob"]),
+    ("An edge-ring pattern: a ring along the edge.", "morphology", ["ring"], [], []),
+    ("This is an edge-ring pattern.", "morphology", ["blob"], [], []),  # a class name is not a shape
+    ("A compact blob.", "morphology", ["scratch"], [], []),  # terms that name no shape imply none
+    ("A compact blob at 4 o'clock.", "root_cause", ["etch"], [], []),
+])
+def test_implied_violations(answer, dim, hit, avoid, expected):
+    assert implied_violations(answer, dim, hit, avoid) == expected
+    listed = dimension_score(answer, hit, avoid, replace(P, implied_avoid=False), dim)["violations"]
+    assert dimension_score(answer, hit, avoid, P, dim)["violations"] == listed + expected
 
 
 def test_negated_avoid_term_is_not_a_violation():
@@ -48,13 +90,14 @@ def test_overall_weights_and_missing_dimensions():
               "root_cause": {"must_hit": ["etch"], "must_avoid": ["handling"]}}
     good = rule_score("A continuous ring along the edge, likely plasma etch non-uniformity.", rubric)
     bad = rule_score("A scratch at the center from wafer handling.", rubric)
-    assert good["S"] == pytest.approx(1.0) and bad["S"] == pytest.approx(0.4 * 0.75)
+    assert good["S"] == pytest.approx(1.0) and bad["S"] == 0.0
+    assert rule_score("A scratch at the center from wafer handling.", rubric, PAPER)["S"] == pytest.approx(0.4 * 0.75)
     only = rule_score("ring", {"morphology": rubric["morphology"]})
     assert only["S"] == pytest.approx(1.0) and list(only["dimensions"]) == ["morphology"]
     with pytest.raises(ValueError):
         rule_score("x", {})
-    custom = RuleParams(w_hit=0.9, w_avoid=0.1)
-    assert rule_score("scratch", rubric, custom)["S"] < rule_score("scratch", rubric)["S"]
+    custom = replace(PAPER, w_hit=0.9, w_avoid=0.1)
+    assert rule_score("scratch", rubric, custom)["S"] < rule_score("scratch", rubric, PAPER)["S"]
 
 
 def test_clauses_split_on_contrast():

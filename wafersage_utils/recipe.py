@@ -272,13 +272,15 @@ class EvalSettings(StageSettings):
     eval_batch_size: int = 128  # questions per generation batch (hf)
     eval_max_tokens: int = 64  # new tokens per answer
     max_questions: int = 0  # cap on questions per split (a seeded sample of wafers); 0 means all
-    rule_hit_scale: float = 1.5  # rule score: H is min(1, hit_scale x share of must-hit terms found)
-    rule_avoid_penalty: float = 0.25  # rule score: A is max(0, 1 - avoid_penalty x must-avoid terms found)
-    rule_w_hit: float = 0.6  # rule score: D is w_hit H + w_avoid A
-    rule_w_avoid: float = 0.4  # rule score: weight of A in D
+    rule_combine: str = "product"  # rule score: D is H x A (product) or the paper's w_hit H + w_avoid A (paper)
+    rule_hit_scale: float = 1.0  # rule score: H is min(1, hit_scale x share of must-hit terms found); the paper: 1.5
+    rule_avoid_penalty: float = 0.5  # rule score: A is max(0, 1 - avoid_penalty x violations); the paper: 0.25
+    rule_implied_avoid: bool = True  # rule score: claims the must-hit terms rule out (another clock position, zone or shape) are violations
+    rule_w_hit: float = 0.6  # rule score, paper combination: weight of H in D
+    rule_w_avoid: float = 0.4  # rule score, paper combination: weight of A in D
     rule_threshold: float = 0.8  # rule score: fuzzy match threshold (rapidfuzz ratio / 100)
     rule_weights: dict = field(default_factory=lambda: {"spatial": 0.4, "morphology": 0.35, "root_cause": 0.25})  # rule score: dimension weights of S
-    judge_backend: str = "embedding"  # embedding (offline: all-MiniLM-L6-v2 agreement with the reference, not an LLM) | openai (an LLM judge)
+    judge_backend: str = "claims"  # claims (offline: the answer's claims checked against the map's facts and label, not an LLM) | embedding (all-MiniLM-L6-v2 similarity to the reference) | openai (an LLM judge)
     judge_model: str = ""  # openai judge: the served model name
     judge_base_url: str = "http://localhost:8000/v1"  # openai judge: endpoint
     judge_api_key_env: str = "OPENAI_API_KEY"  # openai judge: environment variable holding the key
@@ -383,8 +385,9 @@ RULES: dict[str, Any] = {
     "samples_per_row": _ge(1),
     # 07
     "answer_backend": _one_of("auto", "hf", "vllm"), "max_questions": _ge(0), "rule_hit_scale": _gt(0),
+    "rule_combine": _one_of("product", "paper"),
     "rule_avoid_penalty": _ge(0), "rule_w_hit": _ge(0), "rule_w_avoid": _ge(0), "rule_threshold": SHARE,
-    "judge_backend": _one_of("embedding", "openai"), "judge_concurrency": _ge(1), "align_trials": _ge(0),
+    "judge_backend": _one_of("claims", "embedding", "openai"), "judge_concurrency": _ge(1), "align_trials": _ge(0),
     "n_gallery": _ge(0), "type_eval": _one_of("vqa", "split"), "real_check_max_maps": _ge(0),
     "perturb_max_questions": _ge(0),
 }

@@ -22,29 +22,11 @@ from ..maps.conventions import NONE_LABEL
 from ..maps.facts import failing_hours, fails_near
 from .knowledge import PatternKnowledge
 from .rubric import PLAUSIBLE, Rubric, contradicting_causes
-from .scoring import clauses, negated_at, term_found
+from .scoring import _HOUR, PATTERN_WORDS, ZONE_WORDS, affirmed, term_found  # the claim words live in scoring.py
+from .scoring import clock_hours as _hours
 
 KINDS = ("zone", "clock", "pattern", "root_cause")
-ZONE_WORDS = {
-    "center": re.compile(r"\b(cent(er|re|ral)|wafer middle|middle of the wafer)\b"),
-    "mid-radius": re.compile(r"\b(mid[- ]?radi(us|al)|middle ring|halfway to the edge|intermediate radi(us|i))\b"),
-    "edge": re.compile(r"\b(edges?|rim|periphery|peripheral|outer (ring|zone|region|area|band|radius))\b"),
-}
-PATTERN_WORDS = {
-    "Center": re.compile(r"\b(cent(er|re)[- ]?(type )?(pattern|defect)|central (blob|cluster))\b"),
-    "Donut": re.compile(r"\b(donut|doughnut|annulus|annular)\b"),
-    "Edge-Ring": re.compile(r"\bedge[- ]ring\b"),
-    "Edge-Loc": re.compile(r"\bedge[- ]loc(al|ali[sz]ed)?\b"),
-    "Loc": re.compile(r"(?<!edge[- ])\b(locali[sz]ed|loc)\b(?![- ]ring)"),
-    "Near-full": re.compile(r"\b(near[- ]full|nearly (every|all) dies?)\b"),
-    "Scratch": re.compile(r"\bscratch(es)?\b"),
-    "Random": re.compile(r"\brandom\b"),
-}
-_HOUR = r"(1[0-2]|[1-9])"
-_OCLOCK = r"\s*(?:o['’`]?\s*clock|:00)"
-_RANGE = re.compile(rf"\b{_HOUR}(?:{_OCLOCK})?\s*(?:to|and|through|-|–)\s*{_HOUR}{_OCLOCK}")
-_SINGLE = re.compile(rf"\b{_HOUR}{_OCLOCK}")
-_CAUSAL = re.compile(r"\b(caus\w*|due to|points? to|indicat\w*|consistent with|suggest\w*|hypothes\w*|likely|"
+CAUSAL = re.compile(r"\b(caus\w*|due to|points? to|indicat\w*|consistent with|suggest\w*|hypothes\w*|likely|"
                      r"check\w*|root|could|may|might|equipment|process)\b")
 # Sentences that state the defect type ("The defect pattern on this wafer is center and scratch."): their
 # pattern names are checked as patterns, not as places.
@@ -52,34 +34,11 @@ _TYPE = re.compile(r"\bpatterns? (on this wafer )?(is|are)\b|\bshows? (an? |no )
 ZONE_TOLERANCE = 0.5  # a zone claim stands if the zone's clustered density reaches this share of the zone rule
 
 
-def affirmed(pattern: re.Pattern, text: str) -> list[str]:
-    """Matches of `pattern` in clauses that do not negate them."""
-    out = []
-    for clause in clauses(text):
-        out += [m.group(0) for m in pattern.finditer(clause) if not negated_at(clause, m.start(), m.end())]
-    return out
-
-
-def _hours(text: str) -> list[int]:
-    """Clock hours affirmed in a text, both ends of ranges included."""
-    out = []
-    for clause in clauses(text):
-        spans = []
-        for m in _RANGE.finditer(clause):
-            spans.append((m.start(), m.end()))
-            if not negated_at(clause, m.start(), m.end()):
-                out += [int(m.group(1)), int(m.group(2))]
-        for m in _SINGLE.finditer(clause):
-            if not any(a <= m.start() < b for a, b in spans) and not negated_at(clause, m.start(), m.end()):
-                out.append(int(m.group(1)))
-    return out
-
-
 def location_text(desc: dict) -> str:
     """The text whose zone and clock words are claims about the map: spatial, plus non-causal full sentences,
     with pattern names masked."""
     full = [s for s in re.split(r"(?<=[.!?])\s+", desc.get("full") or "")
-            if not _CAUSAL.search(s.lower()) and not _TYPE.search(s.lower())]
+            if not CAUSAL.search(s.lower()) and not _TYPE.search(s.lower())]
     text = " ".join([desc.get("spatial") or ""] + full)
     for rx in PATTERN_WORDS.values():  # "edge-ring" names a pattern (checked as such), not a place
         text = rx.sub("pattern", text.lower())

@@ -1,8 +1,16 @@
-"""The rubric rule score of the paper, with fuzzy phrase matching and negation awareness.
+"""The rubric rule score, with fuzzy phrase matching, negation awareness and implied contradictions.
 
-Per dimension: C = share of must-hit terms found, H = min(1, hit_scale * C), A = max(0, 1 -
-avoid_penalty * n) with n must-avoid terms found, D = w_hit * H + w_avoid * A; overall S = the weighted
-mean of the dimensions (paper: 0.4 spatial, 0.35 morphology, 0.25 root cause). A term is found when a
+Per dimension: C = share of must-hit terms found, H = min(1, hit_scale * C), A = max(0, 1 - avoid_penalty * n)
+with n the violations, and D = H * A (`combine="product"`, the default since 2026-11-30: an answer that says
+nothing scores 0, and one wrong claim costs a share of what it got right) or the paper's D = w_hit * H +
+w_avoid * A (`combine="paper"`, with the paper's hit_scale 1.5 and avoid_penalty 0.25 in :data:`PAPER`: an
+empty answer scores w_avoid, and H saturates once two thirds of the terms appear). Overall S = the weighted
+mean of the dimensions (0.4 spatial, 0.35 morphology, 0.25 root cause).
+
+Violations are the must-avoid terms found and, with `implied_avoid`, the claims the dimension's own must-hit
+terms rule out, which no rubric lists one by one: a zone the spatial terms do not name, a shape word (blob,
+ring, line, arc) the morphology terms do not name. (Clock positions are not implied: a rubric names the
+main region's positions only, and an answer may rightly place a second region elsewhere.) A term is found when a
 run of whole words in a clause of the answer matches it (rapidfuzz ratio at or above the threshold) and that clause does
 not negate it: "no scratch" or "not at the center" is not a hit for "scratch" or "center", and a negated
 must-avoid term is not a violation. Stages 03 (rubric checks), 06 (RL reward) and 07 (evaluation) share
@@ -30,16 +38,54 @@ _NEG_WINDOW = 4  # words before a match that may negate it
 _CLEAR_AFTER = re.compile(r"\b(clear|free of|unaffected|spared)\b")  # "the center ... is clear of failures"
 
 
+# Claim words, shared with the hallucination checks (claims.py) and the claims judge.
+ZONE_WORDS = {
+    "center": re.compile(r"\b(cent(er|re|ral)|wafer middle|middle of the wafer)\b"),
+    "mid-radius": re.compile(r"\b(mid[- ]?radi(us|al)|middle ring|halfway to the edge|intermediate radi(us|i))\b"),
+    "edge": re.compile(r"\b(edges?|rim|periphery|peripheral|outer (ring|zone|region|area|band|radius))\b"),
+}
+PATTERN_WORDS = {
+    "Center": re.compile(r"\b(cent(er|re)[- ]?(type )?(pattern|defect)|central (blob|cluster))\b"),
+    "Donut": re.compile(r"\b(donut|doughnut|annulus|annular)\b"),
+    "Edge-Ring": re.compile(r"\bedge[- ]ring\b"),
+    "Edge-Loc": re.compile(r"\bedge[- ]loc(al|ali[sz]ed)?\b"),
+    "Loc": re.compile(r"(?<!edge[- ])\b(locali[sz]ed|loc)\b(?![- ]ring)"),
+    "Near-full": re.compile(r"\b(near[- ]full|nearly (every|all) dies?)\b"),
+    "Scratch": re.compile(r"\bscratch(es)?\b"),
+    "Random": re.compile(r"\brandom\b"),
+}
+SHAPE_WORDS = {  # the facts' region shapes as an answer words them (describe.SHAPE_WORDS' canonical words)
+    "blob": re.compile(r"\bblobs?\b"),
+    "ring": re.compile(r"\brings?\b(?![- ]like)"),
+    "line": re.compile(r"\blines?\b"),
+    "arc": re.compile(r"\barcs?\b"),
+}
+_HOUR = r"(1[0-2]|[1-9])"
+_OCLOCK = r"\s*(?:o['’`]?\s*clock|:00)"
+_RANGE = re.compile(rf"\b{_HOUR}(?:{_OCLOCK})?\s*(?:to|and|through|-|–)\s*{_HOUR}{_OCLOCK}")
+_SINGLE = re.compile(rf"\b{_HOUR}{_OCLOCK}")
+_HOUR_TERM = re.compile(rf"^(?:around |at )?{_HOUR}{_OCLOCK}$")
+
+
 @dataclass(frozen=True)
 class RuleParams:
-    """Every constant of the rule score (the paper's values as defaults)."""
+    """Every constant of the rule score (the recipe's values as defaults; :data:`PAPER` is the paper's)."""
 
-    hit_scale: float = 1.5
-    avoid_penalty: float = 0.25
-    w_hit: float = 0.6
-    w_avoid: float = 0.4
+    hit_scale: float = 1.0
+    avoid_penalty: float = 0.5
+    w_hit: float = 0.6  # paper combination only
+    w_avoid: float = 0.4  # paper combination only
     threshold: float = 0.8  # fuzzy match threshold on rapidfuzz's ratio / 100 (the paper fitted 0.713)
     weights: dict = field(default_factory=lambda: {"spatial": 0.4, "morphology": 0.35, "root_cause": 0.25})
+    combine: str = "product"  # product: D = H x A | paper: D = w_hit H + w_avoid A
+    implied_avoid: bool = True  # count claims the dimension's own must-hit terms rule out as violations
+
+    def __post_init__(self):
+        if self.combine not in COMBINES:
+            raise ValueError(f"rule score combine {self.combine!r}: expected one of {COMBINES}")
+
+
+COMBINES = ("product", "paper")
 
 
 def clauses(text: str) -> list[str]:
@@ -64,11 +110,38 @@ def negated_at(clause: str, start: int, end: int) -> bool:
     return bool(_NEG_BEFORE.search(before) or _NEG_AFTER.search(after) or _CLEAR_AFTER.search(after))
 
 
+def affirmed(pattern: re.Pattern, text: str) -> list[str]:
+    """Matches of `pattern` in clauses that do not negate them."""
+    out = []
+    for clause in clauses(text):
+        out += [m.group(0) for m in pattern.finditer(clause) if not negated_at(clause, m.start(), m.end())]
+    return out
+
+
+def clock_hours(text: str) -> list[int]:
+    """Clock hours affirmed in a text, both ends of ranges included."""
+    out = []
+    for clause in clauses(text):
+        spans = []
+        for m in _RANGE.finditer(clause):
+            spans.append((m.start(), m.end()))
+            if not negated_at(clause, m.start(), m.end()):
+                out += [int(m.group(1)), int(m.group(2))]
+        for m in _SINGLE.finditer(clause):
+            if not any(a <= m.start() < b for a, b in spans) and not negated_at(clause, m.start(), m.end()):
+                out.append(int(m.group(1)))
+    return out
+
+
 def term_match(term: str, answer: str, stop_at: float = 1.0) -> float:
     """The best fuzzy match (rapidfuzz ratio / 100) of `term` with a run of whole words in a clause of
     `answer` that does not negate it; 0 when there is none. The scan stops at the first match reaching
     `stop_at`. Whole words keep 'ring' from matching inside 'handling'; numbers must match exactly, so
-    '4 o'clock' is not found in '10 o'clock' however close the strings are."""
+    '4 o'clock' is not found in '10 o'clock' however close the strings are; a clock position ('4 o'clock')
+    is found where the answer affirms that hour, also as an end of a range ('from 2 to 4 o'clock')."""
+    hour = _HOUR_TERM.match(term.strip().lower())
+    if hour:  # a clock position is found where the answer affirms that hour, alone or as the end of a range
+        return 1.0 if int(hour.group(1)) in clock_hours(answer) else 0.0
     needle = default_process(term)
     if not needle:
         return 0.0
@@ -100,20 +173,53 @@ def term_found(term: str, answer: str, threshold: float) -> bool:
     return term_match(term, answer, stop_at=threshold) >= threshold
 
 
-def dimension_score(answer: str, must_hit: list[str], must_avoid: list[str], p: RuleParams = RuleParams()) -> dict:
-    """C, H, A, D of one rubric dimension, with the terms hit and violated."""
+def dimension_score(answer: str, must_hit: list[str], must_avoid: list[str], p: RuleParams = RuleParams(),
+                    dim: str | None = None) -> dict:
+    """C, H, A, D of one rubric dimension, with the terms hit and violated (`dim` names the dimension, for
+    the implied contradictions: spatial and morphology have them)."""
     hits = [t for t in must_hit if term_found(t, answer, p.threshold)]
     violations = [t for t in must_avoid if term_found(t, answer, p.threshold)]
+    if p.implied_avoid and dim:
+        violations += implied_violations(answer, dim, must_hit, must_avoid)
     c = len(hits) / len(must_hit) if must_hit else 1.0
     h, a, d = combine(c, len(violations), p)
     return {"C": c, "H": h, "A": a, "D": d, "hits": hits, "violations": violations}
 
 
 def combine(c: float, n_violations: int, p: RuleParams) -> tuple[float, float, float]:
-    """H, A and D of a dimension from its hit share C and its count of must-avoid violations."""
+    """H, A and D of a dimension from its hit share C and its count of violations."""
     h = min(1.0, p.hit_scale * c)
     a = max(0.0, 1.0 - p.avoid_penalty * n_violations)
-    return h, a, p.w_hit * h + p.w_avoid * a
+    return h, a, (h * a if p.combine == "product" else p.w_hit * h + p.w_avoid * a)
+
+
+def location_claims_text(answer: str) -> str:
+    """The answer with pattern names masked, so that 'edge-ring' or 'center pattern' is not read as a place
+    or a shape (a class is checked as a class)."""
+    text = answer.lower()
+    for rx in PATTERN_WORDS.values():
+        text = rx.sub("pattern", text)
+    return text
+
+
+def implied_violations(answer: str, dim: str, must_hit: list[str], must_avoid: list[str] = ()) -> list[str]:
+    """Claims of the answer that the dimension's must-hit terms rule out: spatial: zones not named;
+    morphology: shape words not named. A dimension whose terms name no zone or shape implies nothing
+    of that kind, and a claim a must-avoid term already names
+    is left to that term (counted once, found or not as the term decides)."""
+    text = location_claims_text(answer)
+    terms = " ; ".join(must_hit).lower()
+    listed = " ; ".join(must_avoid).lower()
+    out = []
+    if dim == "spatial":
+        named = {z for z, rx in ZONE_WORDS.items() if rx.search(terms)}
+        if named:
+            out += [z for z, rx in ZONE_WORDS.items() if z not in named and not rx.search(listed) and affirmed(rx, text)]
+    elif dim == "morphology":
+        named = {s for s, rx in SHAPE_WORDS.items() if rx.search(terms)}
+        if named:
+            out += [s for s, rx in SHAPE_WORDS.items() if s not in named and not rx.search(listed) and affirmed(rx, text)]
+    return out
 
 
 def rule_score(answer: str, rubric: dict[str, dict], p: RuleParams = RuleParams()) -> dict:
@@ -121,9 +227,13 @@ def rule_score(answer: str, rubric: dict[str, dict], p: RuleParams = RuleParams(
 
     Dimensions absent from the rubric are left out and the weights of the others renormalised.
     """
-    dims = {d: dimension_score(answer, rubric[d].get("must_hit", []), rubric[d].get("must_avoid", []), p)
+    dims = {d: dimension_score(answer, rubric[d].get("must_hit", []), rubric[d].get("must_avoid", []), p, d)
             for d in DIMENSIONS if d in rubric}
     if not dims:
         raise ValueError(f"rubric has none of the dimensions {DIMENSIONS}")
     total = sum(p.weights[d] for d in dims)
     return {"S": sum(p.weights[d] * s["D"] for d, s in dims.items()) / total, "dimensions": dims}
+
+
+#: The paper's rule score: H = min(1, 1.5 C), A = max(0, 1 - 0.25 n), D = 0.6 H + 0.4 A, listed terms only.
+PAPER = RuleParams(hit_scale=1.5, avoid_penalty=0.25, combine="paper", implied_avoid=False)

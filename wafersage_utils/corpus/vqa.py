@@ -33,7 +33,7 @@ from ..maps.facts import QUADRANTS, fails_near
 from .claims import PATTERN_WORDS
 from .describe import PATTERN_NAMES, clock_phrase, with_article
 from .rubric import Rubric, split_terms
-from .scoring import RuleParams, dimension_score
+from .scoring import PAPER, RuleParams, dimension_score
 
 CATEGORIES = ("defect_type", "spatial", "morphology", "root_cause", "consistency")
 LEVELS = ("easy", "medium", "hard")
@@ -303,9 +303,11 @@ def wafer_pairs(wafer_id: str, labels: list[str], hard_map: bool, f: dict, desc:
     return out
 
 
-def self_check(pair: dict, min_score: float, params: RuleParams = RuleParams()) -> str:
+def self_check(pair: dict, min_score: float, params: RuleParams = PAPER) -> str:
     """Why a reference answer fails its own rubric ('' when it passes): every tested dimension must score at
-    least min_score and no must-avoid term may appear."""
+    least min_score and no must-avoid term may appear. The gate scores with the paper's combination (listed
+    terms, H saturating at two thirds), as every reference run's corpus was built; stage 07 counts the
+    references that contradict their label or map (`corpus/consistency.py`)."""
     for dim, terms in pair["terms"].items():
         s = dimension_score(pair["answer"], terms["must_hit"], terms["must_avoid"], params)
         if s["violations"]:

@@ -5,8 +5,9 @@ Spearman correlation of the rule score with its LLM judge, and reported rho 0.28
 covers the dimension weights, runs on a calibration split, and the correlation before and after is reported
 on a separate held-out split, so the gain is not the optimiser's own overfit.
 
-Only ratios matter to a rank correlation, so the search samples w_hit in [0, 1] with w_avoid = 1 - w_hit,
-and dimension weights that are normalised to sum to 1. Fuzzy matching is the expensive part: each term's
+Only ratios matter to a rank correlation, so the search samples dimension weights normalised to sum to 1,
+and with the paper's combination w_hit in [0, 1] with w_avoid = 1 - w_hit; with the product (the default)
+it samples the avoid penalty in [0, 1] instead. Fuzzy matching is the expensive part: each term's
 best match in each answer (`scoring.term_match`) is computed once, after which a trial is array arithmetic.
 """
 from __future__ import annotations
@@ -18,19 +19,21 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..corpus.rubric import rubric_of
-from ..corpus.scoring import DIMENSIONS, RuleParams, combine, term_match
+from ..corpus.scoring import DIMENSIONS, RuleParams, combine, implied_violations, term_match
 from .answers import solution_text
 
 
 def match_table(answers, terms) -> list[dict]:
     """Per answer and rubric dimension: the best non-negated fuzzy match (0 to 1) of each must-hit and
-    must-avoid term, computed once for every threshold a search will try."""
+    must-avoid term, computed once for every threshold a search will try, and the number of implied
+    violations (which no threshold changes)."""
     out = []
     for a, t in zip(answers, terms):
         text = solution_text(a or "")
         rub = rubric_of(t)
         out.append({d: (np.array([term_match(x, text) for x in rub[d].get("must_hit", [])], float),
-                        np.array([term_match(x, text) for x in rub[d].get("must_avoid", [])], float))
+                        np.array([term_match(x, text) for x in rub[d].get("must_avoid", [])], float),
+                        len(implied_violations(text, d, rub[d].get("must_hit", []), rub[d].get("must_avoid", []))))
                     for d in DIMENSIONS if d in rub})
     return out
 
@@ -40,9 +43,10 @@ def scores_from_matches(matches: list[dict], p: RuleParams) -> np.ndarray:
     out = np.empty(len(matches))
     for i, dims in enumerate(matches):
         total = num = 0.0
-        for d, (hit, avoid) in dims.items():
+        for d, (hit, avoid, implied) in dims.items():
             c = float((hit >= p.threshold).mean()) if len(hit) else 1.0
-            num += p.weights[d] * combine(c, int((avoid >= p.threshold).sum()), p)[2]
+            n = int((avoid >= p.threshold).sum()) + (implied if p.implied_avoid else 0)
+            num += p.weights[d] * combine(c, n, p)[2]
             total += p.weights[d]
         out[i] = num / total if total else np.nan
     return out
@@ -58,12 +62,17 @@ def spearman(a, b) -> float:
 
 
 def params_from_trial(trial, base: RuleParams, threshold_range=(0.5, 1.0)) -> RuleParams:
-    w_hit = trial.suggest_float("w_hit", 0.0, 1.0)
+    """The constants one trial tries: the fuzzy threshold and the dimension weights, and per combination its
+    own constants (paper: the hit weight, the avoid weight being 1 - it; product: the avoid penalty)."""
     threshold = trial.suggest_float("threshold", *threshold_range)
     raw = {d: trial.suggest_float(f"weight_{d}", 0.05, 1.0) for d in DIMENSIONS}
     total = sum(raw.values())
-    return replace(base, w_hit=w_hit, w_avoid=1.0 - w_hit, threshold=threshold,
-                   weights={d: v / total for d, v in raw.items()})
+    weights = {d: v / total for d, v in raw.items()}
+    if base.combine == "paper":
+        w_hit = trial.suggest_float("w_hit", 0.0, 1.0)
+        return replace(base, w_hit=w_hit, w_avoid=1.0 - w_hit, threshold=threshold, weights=weights)
+    return replace(base, avoid_penalty=trial.suggest_float("avoid_penalty", 0.0, 1.0), threshold=threshold,
+                   weights=weights)
 
 
 def align(calibration: list[dict], judge_calibration, held_out: list[dict], judge_held_out,
@@ -86,7 +95,8 @@ def align(calibration: list[dict], judge_calibration, held_out: list[dict], judg
         return -1.0 if np.isnan(rho) else rho
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial({"w_hit": base.w_hit, "threshold": base.threshold,
+    own = {"w_hit": base.w_hit} if base.combine == "paper" else {"avoid_penalty": base.avoid_penalty}
+    study.enqueue_trial({**own, "threshold": base.threshold,
                          **{f"weight_{d}": base.weights[d] for d in DIMENSIONS}})  # the defaults are trial 0
     study.optimize(objective, n_trials=n_trials)
     fitted = params_from_trial(optuna.trial.FixedTrial(study.best_params), base, threshold_range)
@@ -100,7 +110,8 @@ def align(calibration: list[dict], judge_calibration, held_out: list[dict], judg
 def fitted_table(result: dict, base: RuleParams = RuleParams(), paper: dict | None = None) -> pd.DataFrame:
     """Default, fitted and (if given) the paper's constants side by side."""
     def row(p: RuleParams):
-        return {"w_hit": p.w_hit, "w_avoid": p.w_avoid, "threshold": p.threshold,
+        return {"combine": p.combine, "w_hit": p.w_hit, "w_avoid": p.w_avoid, "avoid_penalty": p.avoid_penalty,
+                "threshold": p.threshold,
                 **{f"weight_{d}": p.weights[d] / sum(p.weights.values()) for d in DIMENSIONS}}
     out = {"default": row(base), "fitted": row(result["params"])}
     if paper:

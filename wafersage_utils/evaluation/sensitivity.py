@@ -22,7 +22,7 @@ import pandas as pd
 from ..corpus.describe import PATTERN_NAMES, grounded_description
 from ..corpus.knowledge import PatternKnowledge
 from ..corpus.scoring import DIMENSIONS
-from ..corpus.vqa import reference_answer
+from ..corpus.vqa import reference_answer, type_sentence
 from ..maps.conventions import NONE_LABEL, PATTERNS
 from .answers import is_mixed, type_correct
 from .classification import rule_scores
@@ -69,11 +69,10 @@ def highest_floor(metrics: dict, metric: str) -> float:
 
 
 def label_sentence(labels) -> str:
-    """The label alone, in one fixed sentence (what an answer that knows only the class would say)."""
-    labels = [x for x in labels if x != NONE_LABEL]
-    if not labels:
-        return "This wafer map shows no systematic defect pattern."
-    return f"This wafer map shows a {' and '.join(PATTERN_NAMES[x] for x in labels)} defect pattern."
+    """The label alone, in one fixed sentence (what an answer that knows only the class would say): the
+    reference answers' own type sentence (`vqa.type_sentence`)."""
+    labels = [x for x in labels if x != NONE_LABEL] or [NONE_LABEL]
+    return type_sentence(labels)
 
 
 def other_references(rows: pd.DataFrame, seed: int = 0) -> list[str]:
