@@ -15,6 +15,10 @@ reference against the label *and* the measurements and names what a yield engine
 - `label_not_named`: a defect-type or morphology reference that never names its own pattern.
 
 `reference_problems` gives the problems of one reference; `problem_counts` counts them over a corpus.
+`repair` fixes a reference at its source, stage 04, sentence by sentence: a line "from 9 to 9 o'clock" is said
+"around 9 o'clock", and a sentence that contradicts the label or the map (no distinct region on a localized
+map, a clear zone full of failing dies, a Donut's or a Center's main region that the label contradicts) is left
+out, and an Edge-Ring told in arcs says that the arcs are parts of an edge ring; what still has a problem, or is left with nothing, is quarantined with the reason.
 """
 from __future__ import annotations
 
@@ -89,3 +93,37 @@ def problem_counts(rows: pd.DataFrame, facts: dict[str, dict]) -> tuple[dict[str
     counts["references"] = len(rows)
     counts["references_with_a_problem"] = flagged
     return dict(counts), table
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+#: What an Edge-Ring reference told in arcs says of them: the arcs are measured, the ring is the label's.
+EDGE_RING_ARCS = "These arcs are parts of an edge ring."
+_ARC = re.compile(r"\barcs?\b", re.IGNORECASE)
+
+
+def _clear_zone_wrong(sentence: str, facts: dict) -> bool:
+    return any(p == "clear_zone_with_failures" for p, _ in reference_problems(sentence, [], facts))
+
+
+def repair(answer: str, labels, facts: dict, category: str = "") -> tuple[str, list[str], list[str]]:
+    """(repaired answer, problems fixed, problems left) for one reference (see the module docstring). The
+    first sentence of a defect-type or morphology answer (the type statement) is never dropped."""
+    found = reference_problems(answer, labels, facts, category)
+    if not found:
+        return answer, [], []
+    kinds = {p for p, _ in found}
+    text = _EQUAL_ENDS.sub(lambda m: f"around {m.group(1)} o'clock", answer) if "line_with_equal_ends" in kinds else answer
+    keep_first = category in ("defect_type", "morphology")
+    out = []
+    for k, sentence in enumerate(_SENTENCE.split(text)):
+        drop = (("no_region_for_local_label" in kinds and _NO_REGION.search(sentence))
+                or ("clear_zone_with_failures" in kinds and _CLEAR.search(sentence) and _clear_zone_wrong(sentence, facts))
+                or (kinds & {"center_label_main_region_elsewhere", "donut_as_compact_blob"} and _MAIN.search(sentence)))
+        if not drop or (keep_first and k == 0):
+            out.append(sentence)
+            if "edge_ring_only_arcs" in kinds and _ARC.search(sentence) and EDGE_RING_ARCS not in out:
+                out.append(EDGE_RING_ARCS)  # the measured arcs stay (their clock positions are right), framed
+    repaired = " ".join(out).strip()
+    left = [p for p, _ in reference_problems(repaired, labels, facts, category)] if repaired else ["nothing_left"]
+    fixed = sorted(kinds - set(left))
+    return repaired, fixed, left

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ..maps.conventions import VOCAB
 from ..maps.facts import fails_near
+from .consistency import LOCAL
 from .describe import PATTERN_NAMES, density_word
 from .scoring import term_found
 
@@ -175,8 +176,10 @@ def rules_rubric(labels: list[str], f: dict, kb: dict, summary: str = "") -> Rub
         defect_types=labels,
         spatial_rubric=SpatialRubric(
             zone=", ".join(f["zones_with_failures"]), clock_position=", ".join(clock),
+            # a localized label with no measured region: the facts cannot say where, and "no distinct failing
+            # region" would contradict the label (consistency.py)
             distribution="continuous ring" if f["ring_zones"] else "scattered" if f["scattered"] else
-            "" if regions else "no distinct failing region",
+            "" if regions or set(labels) & set(LOCAL) else "no distinct failing region",
             spatial_avoid=[z for z in ("center", "mid-radius", "edge") if z not in f["zones_with_failures"] and z not in implied]
             + avoid_clock),
         morphology_rubric=MorphologyRubric(

@@ -31,6 +31,7 @@ from rapidfuzz import fuzz
 from ..maps.conventions import NONE_LABEL, PATTERNS
 from ..maps.facts import QUADRANTS, fails_near
 from .claims import PATTERN_WORDS
+from .consistency import repair
 from .describe import PATTERN_NAMES, clock_phrase, with_article
 from .rubric import Rubric, split_terms
 from .scoring import PAPER, RuleParams, dimension_score
@@ -221,12 +222,16 @@ def _answer(t: Template, labels: list[str], desc: dict) -> str:
     return desc["root_cause"]
 
 
-def reference_answer(template_id: str, labels: list[str], desc: dict) -> str | None:
+def reference_answer(template_id: str, labels: list[str], desc: dict, facts: dict | None = None) -> str | None:
     """The answer this corpus writes for a non-consistency template, given a label and the map's grounded
     description (None for a consistency check, whose question itself depends on the map): what the scripted
-    baseline of stage 07 answers with another label."""
+    baseline of stage 07 answers with another label. With the map's `facts`, repaired as stage 04 repairs it
+    (`consistency.repair`)."""
     t = BY_ID.get(template_id)
-    return None if t is None else _answer(t, labels, desc)
+    if t is None:
+        return None
+    answer = _answer(t, labels, desc)
+    return answer if facts is None else repair(answer, labels, facts, t.category)[0]
 
 
 def _terms(rubric: Rubric, t: Template) -> dict[str, dict[str, list[str]]]:
@@ -298,6 +303,9 @@ def wafer_pairs(wafer_id: str, labels: list[str], hard_map: bool, f: dict, desc:
                     "dims": list(t.dims), "terms": _terms(rubric, t), "premise": None,
                     "difficulty": difficulty(t.level, hard)})
     for k, p in enumerate(out):
+        # the source fix: a sentence that contradicts the label or the map is said right or left out
+        p["answer"], fixed, left = repair(p["answer"], labels, f, p["category"])
+        p["reference_repaired"], p["reference_problem"] = ",".join(fixed), ",".join(left)
         p["reasoning_answer"] = f"<REASONING>{_observations(f)}</REASONING>\n<SOLUTION>{p['answer']}</SOLUTION>"
         p["qa_index"] = k
     return out
@@ -356,16 +364,21 @@ def pair_rows(wafer: dict, pairs: list[dict]) -> list[dict]:
             "dims": p["dims"], "terms": json.dumps(p["terms"], sort_keys=True),
             "must_hit": list(dict.fromkeys(t for v in p["terms"].values() for t in v["must_hit"])),
             "must_avoid": list(dict.fromkeys(t for v in p["terms"].values() for t in v["must_avoid"])),
-            "premise": p["premise"], "qa_index": p["qa_index"]})
+            "premise": p["premise"], "qa_index": p["qa_index"],
+            "reference_repaired": p.get("reference_repaired", ""), "reference_problem": p.get("reference_problem", "")})
     return rows
 
 
 def drop_reasons(qa, min_score: float, duplicate_threshold: float):
     """Why each pair of the table is dropped ('' to keep): a near-duplicate of an earlier question of its wafer,
-    or a reference answer that fails its own rubric (:func:`self_check`)."""
+    a reference that still contradicts its label or map after its repair (column `reference_problem`), or a
+    reference answer that fails its own rubric (:func:`self_check`)."""
     import pandas as pd
     dup = pd.Series(False, index=qa.index)
     for _, g in qa.groupby("wafer_id", sort=False):
         dup[g.index] = near_duplicates(list(g["question"]), duplicate_threshold)
-    return pd.Series(["near-duplicate question" if d else self_check({"answer": a, "terms": json.loads(t)}, min_score)
-                      for d, a, t in zip(dup, qa["answer"], qa["terms"])], index=qa.index)
+    problems = qa["reference_problem"] if "reference_problem" in qa else pd.Series("", index=qa.index)
+    return pd.Series(["near-duplicate question" if d else
+                      f"reference contradicts its label or map ({p})" if p else
+                      self_check({"answer": a, "terms": json.loads(t)}, min_score)
+                      for d, p, a, t in zip(dup, problems, qa["answer"], qa["terms"])], index=qa.index)

@@ -260,9 +260,12 @@ def _run_row(run_dir: Path) -> str:
 
 
 def _floor(m: dict, key: str, digits: int = 2) -> str:
-    """' (floor x)': the highest score of a trivial answer for the metric, where stage 07 measured it."""
-    f = highest_floor(m, key)
-    return f" (floor {f:.{digits}f})" if np.isfinite(f) else ""
+    """' (floor x, ceiling y)': the highest score of a trivial answer for the metric and the reference answer's
+    own score, where stage 07 measured them."""
+    f, c = highest_floor(m, key), m.get(f"ceiling/reference/{key}", float("nan"))
+    if not np.isfinite(f):
+        return ""
+    return f" (floor {f:.{digits}f}, ceiling {c:.{digits}f})" if np.isfinite(c) else f" (floor {f:.{digits}f})"
 
 
 def _scripted_row(run_dir: Path) -> str:
@@ -292,7 +295,9 @@ def headline_markdown(run_dirs: list[Path]) -> str:
         lines += ["", ("\\* MixedWM38: exact-match accuracy over every test map (single and mixed) and macro-F1 "
                        "over the eight patterns, the data set's usual measures.")]
     lines += ["", "Floors are the highest score of a trivial answer (empty, the question copied, another wafer's "
-              "reference, the label in a fixed sentence); the ceiling, the reference answer itself, scores 1 and 10. "
+              "reference, the label in a fixed sentence); the ceiling is the reference answer itself, scored the same way "
+              "(below 1 and 10 where a reference misses terms of its own rubric or claims what its map's facts do not "
+              "show). "
               "The scripted baseline is stage 01's classical label written up by the grounded teacher from the "
               "measured facts, on the same test questions as the final model (all but the consistency checks):", "",
               "| run | rule score, scripted / final | judge, scripted / final | type accuracy, scripted / final | "

@@ -145,7 +145,8 @@ def scripted_answers(rows: pd.DataFrame, labels_of: dict, facts: dict[str, dict]
     """What the grounded teacher writes for each question when told `labels_of[wafer_id]` (the classical
     classifier's label, say) instead of the true one, from the map's measured facts: a system that knows a
     label and the measurements and no more. None for consistency checks (their question depends on the map).
-    With the true labels and stage 02's seed these are the reference answers themselves (a test holds it)."""
+    With the true labels and stage 02's seed these are the reference answers themselves, repaired as stage 04
+    repairs them (a test holds it)."""
     memo: dict[tuple, dict] = {}
     out = []
     for wafer, template in zip(rows["wafer_id"], rows["template"]):
@@ -153,7 +154,7 @@ def scripted_answers(rows: pd.DataFrame, labels_of: dict, facts: dict[str, dict]
         key = (wafer, tuple(labels))
         if key not in memo:
             memo[key] = grounded_description(wafer, labels, facts[wafer], kb, seed)
-        out.append(reference_answer(template, labels, memo[key]))
+        out.append(reference_answer(template, labels, memo[key], facts[wafer]))
     return out
 
 
