@@ -263,3 +263,34 @@ def test_generated_requests_get_an_answer_or_a_json_4xx(srv):
         if r.status_code != 200 or not b.get("stream"):
             r.json()  # JSON, whatever the outcome
     one()
+
+
+def test_a_batch_joins_the_admitted_inputs_as_the_processor_would_make_them(model_dir):  # noqa: F811
+    """Each request is prepared once, on admission; a batch joins those tensors (left padding, images in
+    request order) instead of running the processor again, and they equal the processor's own batch."""
+    import io
+
+    import torch
+
+    from wafersage_utils.serving.engine import Engine, collate
+    engine = Engine(_cfg(model_dir, batch_size=4))
+    try:
+        def image(size):
+            return Image.open(io.BytesIO(_png(size))).convert("RGB")
+        conversations = [(_messages("x", "Where are the failing dies?"), [image(64)]),
+                         (_messages("x", "Name the defect pattern in this wafer bin map, briefly please."), [image(48)]),
+                         ([{"role": "user", "content": [{"type": "text", "text": "Hello"}]}], [])]
+        for picked in ([0, 1], [0, 1, 2], [2, 0]):
+            convs = [conversations[i][0] for i in picked]
+            ims = [im for i in picked for im in conversations[i][1]]
+            parts = [engine.admit(conversations[i][0], conversations[i][1]) for i in picked]
+            joined = collate(parts, engine.pad_id)
+            texts = engine.processor.apply_chat_template(convs, add_generation_prompt=True, tokenize=False)
+            whole = engine.processor(text=texts, images=ims or None, padding=True, return_tensors="pt")
+            assert joined is not None and set(joined.keys()) == set(whole.keys())
+            for key in whole:
+                assert torch.equal(joined[key], whole[key]), key
+        assert collate([{"input_ids": torch.ones(1, 2, dtype=torch.long), "extra": torch.ones(1)}], 0) is None
+        assert collate([{"input_ids": torch.ones(1, 2, dtype=torch.long)}, {"attention_mask": torch.ones(1, 2)}], 0) is None
+    finally:
+        engine.stop()

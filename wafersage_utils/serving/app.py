@@ -39,14 +39,14 @@ def printable(text: str, limit: int = 300) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def prepare(req, cfg: ServeConfig, engine: Engine) -> tuple[list[dict], list, int]:
+def prepare(req, cfg: ServeConfig, engine: Engine) -> tuple[list[dict], list, int, object]:
     """Admission of one request, alone (a worker thread): its images decoded, checked and cut to what the model
-    sees, then its prompt built and counted. (conversation, images, pixels held)."""
+    sees, then its prompt built and counted. (conversation, images, pixels held, the processor's tensors)."""
     with engine.admission:  # a few requests decode their images at a time: decoding memory stays bounded too
         conversation, images = to_conversation(req, cfg)
         images = [engine.fit_image(im) for im in images]
-        engine.admit(conversation, images)
-    return conversation, images, sum(im.width * im.height for im in images)
+        inputs = engine.admit(conversation, images)
+    return conversation, images, sum(im.width * im.height for im in images), inputs
 
 
 def create_app(cfg: ServeConfig, engine: Engine | None = None):
@@ -138,7 +138,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
             if max_tokens > cfg.max_tokens_limit:
                 raise RequestError(400, f"max_tokens={max_tokens} is above this server's limit of {cfg.max_tokens_limit}",
                                    param="max_tokens")
-            conversation, images, pixels = await run_in_threadpool(prepare, req, cfg, app.state.engine)
+            conversation, images, pixels, inputs = await run_in_threadpool(prepare, req, cfg, app.state.engine)
         except RequestError as err:
             return refuse(err, started, rid)
 
@@ -148,7 +148,7 @@ def create_app(cfg: ServeConfig, engine: Engine | None = None):
             temperature = 0.0
         job = Job(conversation, images, max_tokens, temperature,
                   float(req.top_p or 1.0), [req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-                  emit=lambda ev: _emit_threadsafe(loop, events, ev), stream=req.stream, pixels=pixels)
+                  emit=lambda ev: _emit_threadsafe(loop, events, ev), stream=req.stream, pixels=pixels, inputs=inputs)
         try:
             app.state.engine.submit(job)
         except QueueFull:

@@ -31,6 +31,7 @@ class Job:
     cancelled: bool = False
     pixels: int = 0  # decoded image pixels this job holds until it finishes (the server's image budget)
     released: bool = False
+    inputs: Any = None  # the processor's tensors for this request alone, made on admission (`Engine.admit`)
 
     @property
     def settings(self) -> tuple:
@@ -107,6 +108,34 @@ class _Row:
             self.sent = text
 
 
+_SEQUENCE_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+_IMAGE_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+def collate(parts: list, pad_id: int):
+    """The inputs of a batch from each request's own processor output, as the processor makes them for the
+    batch with left padding: token tensors left-padded (`pad_id`, attention 0), image tensors joined in request
+    order (a request without images adds none). None when the parts do not join that way (a key this does not
+    know, a token tensor missing or of another shape): the caller then prepares the batch with the processor."""
+    import torch
+    from transformers import BatchFeature
+    keys = [k for k in parts[0].keys()] + [k for p in parts[1:] for k in p.keys() if k not in parts[0].keys()]
+    if "input_ids" not in keys or any(k not in _SEQUENCE_KEYS and k not in _IMAGE_KEYS for k in keys):
+        return None
+    width = max(int(p["input_ids"].shape[1]) for p in parts if "input_ids" in p)
+    out = {}
+    for key in keys:
+        if key in _SEQUENCE_KEYS:
+            values = [p.get(key) for p in parts]
+            if any(v is None or v.dim() != 2 or v.shape[0] != 1 for v in values):
+                return None
+            fill = pad_id if key == "input_ids" else 0
+            out[key] = torch.cat([torch.nn.functional.pad(v, (width - v.shape[1], 0), value=fill) for v in values])
+        else:
+            out[key] = torch.cat([p[key] for p in parts if key in p])
+    return BatchFeature(out)
+
+
 def _tracker_class():
     from transformers import StoppingCriteria
 
@@ -162,10 +191,11 @@ class Engine:
         self._thread = threading.Thread(target=self._loop, name="wafersage-generate", daemon=True)
         self._thread.start()
 
-    def admit(self, conversation: list[dict], images: list) -> int:
+    def admit(self, conversation: list[dict], images: list):
         """Check one request alone before it may join a batch: no control token in its text, and its prompt
-        prepared by the processor and within the token limit. Returns the prompt's token count; any problem is
-        a 400 for this request only, so nothing it holds can fail the requests batched with it."""
+        prepared by the processor and within the token limit. Returns the processor's tensors (a batch joins
+        them: :func:`collate`, without preparing the requests again); any problem is a 400 for this request
+        only, so nothing it holds can fail the requests batched with it."""
         for i, message in enumerate(conversation):
             for j, part in enumerate(message["content"]):
                 text = part.get("text") or ""
@@ -185,7 +215,7 @@ class Engine:
         if n > self.cfg.max_prompt_tokens:
             raise RequestError(400, f"the prompt is {n} tokens (images included), above this server's limit of "
                                     f"{self.cfg.max_prompt_tokens}", param="messages", code="prompt_too_long")
-        return n
+        return inputs
 
     def fit_image(self, im):
         """An image no larger than the processor would make it anyway (it resizes to at most max pixels): what a
@@ -287,14 +317,16 @@ class Engine:
         now = time.perf_counter()
         for job in batch:
             job.started = now
-        images = [im for j in batch for im in j.images]
-        try:
-            with self._prep:
-                texts = self.processor.apply_chat_template([j.conversation for j in batch], add_generation_prompt=True,
-                                                           tokenize=False)
-                inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        except Exception as exc:
-            raise _PrepareFailed(type(exc).__name__) from exc
+        inputs = collate([j.inputs for j in batch], self.pad_id) if all(j.inputs is not None for j in batch) else None
+        if inputs is None:  # a job made without admission (or inputs that do not join): the processor, on the batch
+            images = [im for j in batch for im in j.images]
+            try:
+                with self._prep:
+                    texts = self.processor.apply_chat_template([j.conversation for j in batch],
+                                                               add_generation_prompt=True, tokenize=False)
+                    inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+            except Exception as exc:
+                raise _PrepareFailed(type(exc).__name__) from exc
         inputs = inputs.to(self.device)
         prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
         rows = [_Row(j, self.processor.tokenizer, self.eos, int(n)) for j, n in zip(batch, prompt_tokens)]
