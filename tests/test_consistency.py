@@ -54,8 +54,8 @@ def test_counts_over_a_corpus():
      "The main failing region is a thin line in the mid-radius zone around 9 o'clock.", ["line_with_equal_ends"]),
     ("Clustered failures lie at the edge. The center zone is clear of clustered failures.", ["Edge-Loc"], "spatial",
      "Clustered failures lie at the edge.", ["clear_zone_with_failures"]),
-    ("This wafer map shows a donut defect pattern. The main failing region is a compact blob in the mid-radius zone "
-     "around 7 o'clock. Clustered failures are dense.", ["Donut"], "morphology",
+    (("This wafer map shows a donut defect pattern. The main failing region is a compact blob in the mid-radius "
+      "zone around 7 o'clock. Clustered failures are dense."), ["Donut"], "morphology",
      "This wafer map shows a donut defect pattern. Clustered failures are dense.", ["donut_as_compact_blob"]),
 ])
 def test_a_bad_reference_is_repaired_at_the_source(answer, labels, category, expected, fixed):

@@ -22,8 +22,7 @@ from ..maps.conventions import NONE_LABEL
 from ..maps.facts import failing_hours, fails_near
 from .knowledge import PatternKnowledge
 from .rubric import PLAUSIBLE, Rubric, contradicting_causes
-from .scoring import _HOUR, PATTERN_WORDS, ZONE_WORDS, affirmed, term_found  # the claim words live in scoring.py
-from .scoring import clock_hours as _hours
+from .scoring import HOUR, PATTERN_WORDS, ZONE_WORDS, affirmed, clock_hours, term_found  # claim words: scoring.py
 
 KINDS = ("zone", "clock", "pattern", "root_cause")
 CAUSAL = re.compile(r"\b(caus\w*|due to|points? to|indicat\w*|consistent with|suggest\w*|hypothes\w*|likely|"
@@ -57,9 +56,9 @@ def extract_claims(desc: dict) -> dict[str, list]:
     zones = [z for z, rx in ZONE_WORDS.items() if affirmed(rx, loc)]
     for item in _structured_list(st, "zones"):
         zones += [z for z, rx in ZONE_WORDS.items() if rx.search(str(item).lower())]
-    hours = _hours(loc)
+    hours = clock_hours(loc)
     for item in _structured_list(st, "clock_positions"):
-        m = re.search(_HOUR, str(item))
+        m = re.search(HOUR, str(item))
         if m:
             hours.append(int(m.group(1)))
     text = " ".join([desc.get("full") or "", desc.get("spatial") or ""])

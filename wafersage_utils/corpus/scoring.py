@@ -60,11 +60,11 @@ SHAPE_WORDS = {  # the facts' region shapes as an answer words them (describe.SH
     "line": re.compile(r"\blines?\b"),
     "arc": re.compile(r"\barcs?\b"),
 }
-_HOUR = r"(1[0-2]|[1-9])"
+HOUR = r"(1[0-2]|[1-9])"
 _OCLOCK = r"\s*(?:o['’`]?\s*clock|:00)"
-_RANGE = re.compile(rf"\b{_HOUR}(?:{_OCLOCK})?\s*(?:to|and|through|-|–)\s*{_HOUR}{_OCLOCK}")
-_SINGLE = re.compile(rf"\b{_HOUR}{_OCLOCK}")
-_HOUR_TERM = re.compile(rf"^(?:around |at )?{_HOUR}{_OCLOCK}$")
+_RANGE = re.compile(rf"\b{HOUR}(?:{_OCLOCK})?\s*(?:to|and|through|-|–)\s*{HOUR}{_OCLOCK}")
+_SINGLE = re.compile(rf"\b{HOUR}{_OCLOCK}")
+_HOUR_TERM = re.compile(rf"^(?:around |at )?{HOUR}{_OCLOCK}$")
 
 
 @dataclass(frozen=True)

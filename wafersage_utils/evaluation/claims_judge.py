@@ -29,8 +29,18 @@ import pandas as pd
 
 from ..corpus.claims import CAUSAL, ZONE_TOLERANCE
 from ..corpus.knowledge import PatternKnowledge
-from ..corpus.scoring import (DIMENSIONS, PATTERN_WORDS, SHAPE_WORDS, ZONE_WORDS, clauses, clock_hours,
-                              location_claims_text, negated_at, term_found)
+from ..corpus.rubric import rubric_of
+from ..corpus.scoring import (
+    DIMENSIONS,
+    PATTERN_WORDS,
+    SHAPE_WORDS,
+    ZONE_WORDS,
+    clauses,
+    clock_hours,
+    location_claims_text,
+    negated_at,
+    term_found,
+)
 from ..maps.conventions import NONE_LABEL
 from ..maps.facts import fails_near
 from .answers import solution_text
@@ -158,6 +168,17 @@ def judge_claims(answer: str, reference: str, labels: list[str], facts: dict, kb
     return out
 
 
+def result_frame(name: str, scores: list[dict | None], errors: list[str], extra: dict | None = None) -> pd.DataFrame:
+    """The frame every judge returns (`judge.py`'s too): `judge`, `judge_overall`, `judge_<dimension>` (NaN
+    where a dimension was not asked or nothing could be scored), `judge_error`, and any `extra` columns."""
+    cols = {"judge": [name] * len(scores),
+            "judge_overall": [s["overall"] if s else np.nan for s in scores]}
+    for d in DIMENSIONS:
+        cols[f"judge_{d}"] = [s.get(d, np.nan) if s else np.nan for s in scores]
+    cols["judge_error"] = errors
+    return pd.DataFrame(cols | (extra or {}))
+
+
 class ClaimsJudge:
     """The offline judge of stage 07: claims against the facts (module docstring). `facts` maps wafer id to
     its facts; rows need wafer_id, labels, answer (the reference) and terms (for the dimensions)."""
@@ -175,8 +196,6 @@ class ClaimsJudge:
         return self._memo[text]
 
     def score(self, rows: pd.DataFrame, answers: list[str], progress: bool = True) -> pd.DataFrame:
-        from ..corpus.rubric import rubric_of
-        from .judge import _result_frame
         scores = []
         for (_, r), a in zip(rows.iterrows(), answers):
             if r["wafer_id"] not in self.facts:
@@ -184,7 +203,7 @@ class ClaimsJudge:
             dims = [d for d in DIMENSIONS if d in rubric_of(r["terms"])]
             scores.append(judge_claims(a or "", r["answer"], list(r["labels"]), self.facts[r["wafer_id"]], self.kb, dims,
                                        self.claims))
-        return _result_frame(self.name, scores, [""] * len(scores))
+        return result_frame(self.name, scores, [""] * len(scores))
 
 
 def claim_table(answers, rows: pd.DataFrame, facts: dict[str, dict], kb: dict[str, PatternKnowledge]) -> pd.DataFrame:

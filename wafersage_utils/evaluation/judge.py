@@ -31,6 +31,7 @@ from ..chat.llm import ChatClient, ChatSettings, build_request
 from ..corpus.rubric import rubric_of
 from ..corpus.scoring import DIMENSIONS
 from ..corpus.teacher import parse_json_object
+from .claims_judge import ClaimsJudge, result_frame
 
 JUDGE_SYSTEM = (
     "You are a senior semiconductor yield engineer grading answers about wafer maps. You are given a "
@@ -84,15 +85,6 @@ def parse_judgement(text: str, dims: list[str]) -> dict[str, float]:
 
 def _dims_of(rubric: dict) -> list[str]:
     return [d for d in DIMENSIONS if d in rubric]
-
-
-def _result_frame(name: str, scores: list[dict | None], errors: list[str], extra: dict | None = None) -> pd.DataFrame:
-    cols = {"judge": [name] * len(scores),
-            "judge_overall": [s["overall"] if s else np.nan for s in scores]}
-    for d in DIMENSIONS:
-        cols[f"judge_{d}"] = [s.get(d, np.nan) if s else np.nan for s in scores]
-    cols["judge_error"] = errors
-    return pd.DataFrame(cols | (extra or {}))
 
 
 @dataclass
@@ -159,7 +151,7 @@ class LLMJudge:
                     scores[i], errors[i] = parse_judgement(r.text, dims[i]), ""
                 except ValueError as exc:
                     errors[i] += f"; after repair: {exc}"
-        return _result_frame(self.name, scores, errors, {"judge_repaired": repaired})
+        return result_frame(self.name, scores, errors, {"judge_repaired": repaired})
 
 
 class EmbeddingJudge:
@@ -204,7 +196,7 @@ class EmbeddingJudge:
         for i, a in enumerate(answers):
             s = {k: 10.0 * max(0.0, float(vec[a] @ vec[v[i]])) for k, v in targets.items() if v[i]}
             scores.append(s)
-        return _result_frame(self.name, scores, [""] * len(scores))
+        return result_frame(self.name, scores, [""] * len(scores))
 
 
 def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = None, device: str | None = None,
@@ -217,7 +209,6 @@ def make_judge(backend: str, cache_dir: Path, settings: ChatSettings | None = No
     if backend == "claims":
         if facts is None or kb is None:
             raise ValueError("judge backend 'claims' needs the run's facts (facts.parquet) and the knowledge base")
-        from .claims_judge import ClaimsJudge
         return ClaimsJudge(facts, kb)
     if backend == "embedding":
         return EmbeddingJudge(device=device)

@@ -119,7 +119,7 @@ def collate(parts: list, pad_id: int):
     know, a token tensor missing or of another shape): the caller then prepares the batch with the processor."""
     import torch
     from transformers import BatchFeature
-    keys = [k for k in parts[0].keys()] + [k for p in parts[1:] for k in p.keys() if k not in parts[0].keys()]
+    keys = list(parts[0]) + [k for p in parts[1:] for k in p if k not in parts[0]]
     if "input_ids" not in keys or any(k not in _SEQUENCE_KEYS and k not in _IMAGE_KEYS for k in keys):
         return None
     width = max(int(p["input_ids"].shape[1]) for p in parts if "input_ids" in p)
