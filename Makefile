@@ -28,7 +28,7 @@ smoke: setup
 test: setup
 	$(PY) -m pytest -q
 
-# The edit loop: everything but the tests that execute the smoke chain's notebooks (about 2 of the 9 minutes).
+# The edit loop: everything but the tests that execute the smoke chain's notebooks (about 3 of the 12 minutes).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 

@@ -51,7 +51,7 @@ KIND_DIMENSION = {"zone": "spatial", "clear": "spatial", "clock": "spatial", "no
 _NO_REGION = re.compile(r"\bno (distinct|clear|single)? ?(failing|defect)? ?region\b|\bdo(es)? not (group|cluster)\b")
 _NO_PATTERN = re.compile(r"\bno (systematic|clear|distinct|obvious|specific)( defect| failure)? (pattern|signature)\b"
                          r"|\bdefect[- ]free\b")
-_VERDICT = re.compile(r"^\s*(yes|no)\b", re.I)
+_VERDICT = re.compile(r"^\s*(yes|no)\b", re.IGNORECASE)
 _ZONE_DENSITY = 0.08  # the facts' zone rule (as check_description's default)
 CAUSE_THRESHOLD = 0.9  # fuzzy match of a cause of the knowledge base (stricter than the rubric's 0.8: causes are long)
 
@@ -204,13 +204,3 @@ class ClaimsJudge:
             scores.append(judge_claims(a or "", r["answer"], list(r["labels"]), self.facts[r["wafer_id"]], self.kb, dims,
                                        self.claims))
         return result_frame(self.name, scores, [""] * len(scores))
-
-
-def claim_table(answers, rows: pd.DataFrame, facts: dict[str, dict], kb: dict[str, PatternKnowledge]) -> pd.DataFrame:
-    """Per answer: claims made, claims the facts support (for error analysis and tests)."""
-    out = []
-    for (_, r), a in zip(rows.iterrows(), answers):
-        made = answer_claims(a, kb)
-        good = [c for c in made if supported(c, list(r["labels"]), facts[r["wafer_id"]], kb)]
-        out.append({"claims": len(made), "supported": len(good), "precision": len(good) / len(made) if made else np.nan})
-    return pd.DataFrame(out)
