@@ -92,18 +92,11 @@ def answer_claims(text: str, kb: dict[str, PatternKnowledge]) -> set[tuple]:
     place = location_claims_text(" ".join(s for s in re.split(r"(?<=[.!?])\s+", low) if not CAUSAL.search(s)))
     if _NO_REGION.search(place):
         out.add(("no_region", True))
-    for zone, rx in ZONE_WORDS.items():
-        yes, no = _matches(rx, place)
-        if yes:
-            out.add(("zone", zone))
-        elif no:
-            out.add(("clear", zone))
-    for shape, rx in SHAPE_WORDS.items():
-        yes, no = _matches(rx, place)
-        if yes:
-            out.add(("shape", shape))
-        elif no:
-            out.add(("not_shape", shape))
+    for words, said, denied in ((ZONE_WORDS, "zone", "clear"), (SHAPE_WORDS, "shape", "not_shape")):
+        for value, rx in words.items():
+            yes, no = _matches(rx, place)
+            if yes or no:
+                out.add((said if yes else denied, value))
     out |= {("clock", h) for h in clock_hours(place)}
     out |= {("cause", c) for c in _all_causes(kb) if c.lower() in low or term_found(c, text, CAUSE_THRESHOLD)}
     return out
