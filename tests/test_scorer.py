@@ -171,8 +171,14 @@ def test_model_card_is_generated_from_the_run_metrics(typist, tmp_path):
     values = {r["name"]: r["value"] for r in meta["model-index"][0]["results"][0]["metrics"]}
     assert values == {"sft/type_accuracy": 0.9512, "sft/type_macro_f1": 0.8765}  # the baseline is context only
     assert "| `baseline/type_accuracy` | 0.943 |" in card and "WM-811K" in card and "80 x 80 px" in card
-    assert "| lora_r | 16 |" in card
+    assert "| lora_r | 16 |" in card and "LoRA SFT" in card and "lora" in meta["tags"]
     assert model_info.read_info(folder).image_size == 80
+    # every weight trained (lora: false): the card says so, and neither tags nor text claim LoRA
+    (run / "settings" / "05_sft.json").write_text(json.dumps({"learning_rate": 0.0005, "lora": False}))
+    model_info.document_export(run, folder)
+    card = (folder / "README.md").read_text()
+    assert "Full-parameter SFT" in card and "LoRA" not in card.split("## ")[0]
+    assert "lora" not in yaml.safe_load(card.split("---")[1])["tags"] and "| lora | False |" in card
     # a run of mixed maps: its exact match and pattern macro-F1 enter the model-index too
     (run / "metrics" / "07_eval.json").write_text(json.dumps({"sft/type_accuracy": 0.9, "sft/type_exact_match": 0.85,
                                                                "sft/type_pattern_macro_f1": 0.8}))

@@ -137,6 +137,8 @@ def model_card(info: ModelInfo, metrics: dict[str, dict], training: dict, which:
     """README.md of an exported folder: the Hugging Face metadata block, what the model is, how to use it, how
     it was trained (`training`: setting -> value) and what its run measured (`metrics`: stage stem -> metrics)."""
     data = info.trained_on.get("source", "synthetic")
+    lora = training.get("lora", True)
+    tuned = "LoRA SFT" if lora else "Full-parameter SFT"
     datasets = {"wm811k": "WM-811K (Wu et al. 2015)", "mixedwm38": "MixedWM38 (Wang et al. 2020)",
                 "synthetic": "WaferSAGE generated wafer maps"}.get(data, data)
     name = NAMES.get(which, which)
@@ -148,7 +150,7 @@ def model_card(info: ModelInfo, metrics: dict[str, dict], training: dict, which:
         "tiny-" in info.base_model else info.base_model
     base_meta = info.base_model if "/" in info.base_model and not Path(info.base_model).exists() else ""
     header = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "license: apache-2.0",
-              "language: [en]", "tags: [wafersage, wafer-map, semiconductor, qwen3-vl, lora]",
+              "language: [en]", f"tags: [wafersage, wafer-map, semiconductor, qwen3-vl{', lora' if lora else ''}]",
               *([f"base_model: {base_meta}"] if base_meta else []),
               f"datasets: [\"{datasets}\"]", "model-index:", f"- name: {name}", "  results:",
               "  - task: {type: image-text-to-text, name: wafer-map defect type}",
@@ -160,7 +162,7 @@ def model_card(info: ModelInfo, metrics: dict[str, dict], training: dict, which:
     return "\n".join(header) + f"""
 # {name}
 
-{"LoRA SFT" if which == "sft" else "LoRA SFT, then GSPO with rubric rewards,"} of {base} on WaferSAGE wafer-map question-answer pairs ({datasets}), merged into the base weights. It
+{tuned if which == "sft" else tuned + ", then GSPO with rubric rewards (LoRA),"} of {base} on WaferSAGE wafer-map question-answer pairs ({datasets}){", merged into the base weights" if lora or which != "sft" else ""}. It
 answers questions about a wafer map image: defect type, where the failing dies are, what they look like, and
 plausible process causes. Answers are hypotheses for engineers to review, not a diagnosis.
 
@@ -216,7 +218,7 @@ def run_metrics(run_dir: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
 
 
-TRAINING_KEYS = ("model_name_or_path", "learning_rate", "num_train_epochs", "lora_r", "lora_alpha", "lora_dropout",
+TRAINING_KEYS = ("model_name_or_path", "learning_rate", "num_train_epochs", "lora", "lora_r", "lora_alpha", "lora_dropout",
                  "lora_vision", "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay",
                  "lr_scheduler_type", "max_length", "seed", "tiny_image_size")
 
