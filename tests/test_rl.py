@@ -92,6 +92,30 @@ def test_one_gspo_step_changes_the_adapter(sft_run, tmp_path):
     assert first["reward_std"] > 0 and first["frac_reward_zero_std"] < 1  # the groups' rewards differ
 
 
+def test_gspo_on_a_fully_fine_tuned_model_trains_a_new_lora(sft_run, tmp_path):
+    """With no SFT adapter (stage 05's lora: false), RL puts a new LoRA of its own rank on the SFT model: only
+    those weights train, and the merged export differs from the SFT model it started from."""
+    from safetensors.torch import load_file
+
+    from wafersage_utils.corpus import exports
+    merged = sft_run / "models" / "sft" / "merged"
+    vqa = pd.read_parquet(sft_run / "data" / "vqa.parquet")
+    rows = vqa[(vqa["split"] == "train") & (vqa["category"] == "spatial")].head(4)
+    ds = exports.to_grpo_dataset(rows, sft_run, system_prompt=False)
+    c = rl.RLConfig(model=str(merged), adapter="", output_dir=str(tmp_path / "rl"), lora_r=4, lora_alpha=8,
+                    num_generations=4, per_device_train_batch_size=4, steps_per_generation=2, max_steps=2,
+                    max_completion_length=32, learning_rate=1e-2, seed=0,
+                    reward_weights={"rubric": 1.0, "format": 0.2})
+    rl.train(c, ds, export_dir=tmp_path / "rl_merged")
+    config = json.loads((tmp_path / "rl" / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
+    adapter = load_file(str(tmp_path / "rl" / "adapter" / "adapter_model.safetensors"))
+    assert any(".visual." in k for k in adapter) and any(".language_model." in k for k in adapter)
+    before, after = load_file(str(merged / "model.safetensors")), load_file(str(tmp_path / "rl_merged" / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not np.allclose(before[k].numpy(), after[k].numpy()) for k in before)
+
+
 def test_prompts_needed_counts_generation_reuse():
     assert rl.prompts_needed(cfg(max_steps=100, per_device_train_batch_size=8, num_generations=8)) == 100
     assert rl.prompts_needed(cfg(max_steps=100, per_device_train_batch_size=8, num_generations=4,

@@ -233,6 +233,8 @@ class RLSettings(StageSettings):
     seed: int = 0  # seed of the curriculum draw, the sampled audit answers and the GSPO run (the paper: 3407)
     n_threads: int = 2  # torch and BLAS threads
     num_generations: int = 8  # group size: completions per prompt (paper: 32)
+    lora_r: int = 16  # rank of a new LoRA on the SFT model when stage 05 trained every weight (a LoRA SFT's adapter is continued as it is)
+    lora_alpha: int = 16  # its scaling numerator (scale alpha / r)
     learning_rate: float = 0.0002  # peak learning rate of the LoRA weights (paper: 5e-5; on val 5e-4 lost 0.017 rule score)
     beta: float = 0.04  # KL coefficient against the SFT model (without it answers grew and degenerated); 0 loads no reference model
     epsilon: float = 0.0003  # lower clip of the sequence importance ratio (GSPO paper: 3e-4)

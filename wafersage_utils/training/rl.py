@@ -23,7 +23,7 @@ import pandas as pd
 from ..corpus.scoring import RuleParams
 from ..recipe import RLSettings
 from .rewards import RubricReward, format_reward, label_reward
-from .sft import export_merged, precision_args
+from .sft import export_merged, lora_targets, precision_args
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -32,9 +32,12 @@ LEVELS = ("easy", "medium", "hard")
 class RLConfig:
     """GSPO settings; field names follow TRL's GRPOConfig where they exist."""
 
-    model: str  # the base the SFT adapter was trained on
-    adapter: str  # the SFT adapter folder: RL continues training these LoRA weights
+    model: str  # the base the SFT adapter was trained on (or, with no adapter, the fully fine-tuned SFT model)
+    adapter: str  # the SFT adapter folder: RL continues training these LoRA weights; "": a new LoRA on `model`
     output_dir: str
+    lora_r: int = 16  # rank of the new LoRA (only when there is no SFT adapter to continue)
+    lora_alpha: int = 16
+    lora_vision: bool = True  # the new LoRA adapts the vision tower too, as SFT's does
     num_generations: int = 8  # group size (paper: 32)
     learning_rate: float = 5e-5  # paper: 5e-5
     beta: float = 0.0  # KL coefficient; 0 needs no reference model
@@ -182,9 +185,10 @@ def _prepare_output(cfg: RLConfig) -> None:
 
 
 def build_trainer(cfg: RLConfig, dataset, rule_params=None, callbacks=()):
-    """TRL GRPOTrainer in GSPO mode, continuing the SFT adapter's LoRA weights."""
+    """TRL GRPOTrainer in GSPO mode, continuing the SFT adapter's LoRA weights, or training a new LoRA on a
+    fully fine-tuned SFT model (no adapter)."""
     import torch
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
@@ -193,7 +197,11 @@ def build_trainer(cfg: RLConfig, dataset, rule_params=None, callbacks=()):
     processor = AutoProcessor.from_pretrained(cfg.model)
     processor.tokenizer.padding_side = "left"
     base = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.bfloat16 if prec["bf16"] else torch.float32)
-    model = PeftModel.from_pretrained(base, cfg.adapter, is_trainable=True)
+    if cfg.adapter:
+        model = PeftModel.from_pretrained(base, cfg.adapter, is_trainable=True)
+    else:
+        model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                target_modules=lora_targets(cfg.lora_vision), task_type="CAUSAL_LM"))
     names = list(cfg.reward_weights)
     args = GRPOConfig(
         output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, beta=cfg.beta, epsilon=cfg.epsilon,
