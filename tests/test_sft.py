@@ -256,6 +256,19 @@ def test_merged_export_works_with_the_model_cards_pipeline_snippet(base, vqa_ds,
     assert any(not torch.equal(merged[k], base_w[k]) for k in merged if "q_proj" in k)
 
 
+def test_full_parameter_export_trains_every_weight_and_leaves_no_pickle(base, vqa_ds, tmp_path):
+    """lora: false (the real-data runs): every weight moves, the exported folder loads as it is, with the
+    processor, and carries no training_args.bin (a pickle) beside the weights."""
+    from safetensors.torch import load_file
+    sft.train(_cfg(base[0], tmp_path / "train", lora=False, learning_rate=1e-3), vqa_ds, export_dir=tmp_path / "full")
+    assert not (tmp_path / "train" / "adapter").exists() and not (tmp_path / "full" / "training_args.bin").exists()
+    assert (tmp_path / "full" / "tokenizer.json").exists() and (tmp_path / "full" / "chat_template.jinja").exists()
+    full, base_w = load_file(tmp_path / "full" / "model.safetensors"), load_file(base[0] / "model.safetensors")
+    assert full.keys() == base_w.keys()
+    assert any(not torch.equal(full[k], base_w[k]) for k in full if ".visual." in k)
+    assert any(not torch.equal(full[k], base_w[k]) for k in full if "mlp" in k and ".visual." not in k)
+
+
 def test_optimizer_falls_back_without_a_gpu(caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -365,6 +365,7 @@ def train(cfg: TrainConfig, train_ds, eval_ds=None, export_dir: Path | None = No
         elif export_dir is not None:
             trainer.save_model(str(export_dir))
             trainer.processing_class.save_pretrained(str(export_dir))
+            (Path(export_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle: train_config.json says it all
         (out_dir / "train_result.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 
