@@ -93,8 +93,8 @@ def test_one_gspo_step_changes_the_adapter(sft_run, tmp_path):
 
 
 def test_gspo_on_a_fully_fine_tuned_model_trains_a_new_lora(sft_run, tmp_path):
-    """With no SFT adapter (stage 05's lora: false), RL puts a new LoRA of its own rank on the SFT model: only
-    those weights train, and the merged export differs from the SFT model it started from."""
+    """With no SFT adapter (stage 05's lora: false), RL puts a new LoRA of its own rank, on language and vision,
+    on the SFT model, and the merged export differs from the SFT model it started from."""
     from safetensors.torch import load_file
 
     from wafersage_utils.corpus import exports
