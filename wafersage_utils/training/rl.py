@@ -23,7 +23,7 @@ import pandas as pd
 from ..corpus.scoring import RuleParams
 from ..recipe import RLSettings
 from .rewards import RubricReward, format_reward, label_reward
-from .sft import export_merged, lora_targets, precision_args
+from .sft import export_merged, lora_config, precision_args
 
 LEVELS = ("easy", "medium", "hard")
 
@@ -188,7 +188,7 @@ def build_trainer(cfg: RLConfig, dataset, rule_params=None, callbacks=()):
     """TRL GRPOTrainer in GSPO mode, continuing the SFT adapter's LoRA weights, or training a new LoRA on a
     fully fine-tuned SFT model (no adapter)."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import GRPOConfig, GRPOTrainer
 
@@ -200,8 +200,7 @@ def build_trainer(cfg: RLConfig, dataset, rule_params=None, callbacks=()):
     if cfg.adapter:
         model = PeftModel.from_pretrained(base, cfg.adapter, is_trainable=True)
     else:
-        model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                                target_modules=lora_targets(cfg.lora_vision), task_type="CAUSAL_LM"))
+        model = get_peft_model(base, lora_config(cfg.lora_r, cfg.lora_alpha, vision=cfg.lora_vision))
     names = list(cfg.reward_weights)
     args = GRPOConfig(
         output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, beta=cfg.beta, epsilon=cfg.epsilon,

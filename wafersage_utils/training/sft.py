@@ -44,6 +44,13 @@ def lora_targets(vision: bool) -> str:
     return f"({LANGUAGE_TARGETS}|{VISION_TARGETS})" if vision else LANGUAGE_TARGETS
 
 
+def lora_config(r: int, alpha: float, dropout: float = 0.0, vision: bool = True):
+    """PEFT LoRA on the language model's attention and MLP and, with `vision`, the vision tower's (SFT and RL)."""
+    from peft import LoraConfig
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(vision),
+                      task_type="CAUSAL_LM")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; field names follow TRL/transformers where they exist."""
@@ -287,7 +294,6 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), proces
     """TRL SFTTrainer for the config: LoRA (PEFT) or full-parameter, CPU-safe defaults. With a `collator`, the
     datasets are already encoded (:func:`encoded_inputs`) and TRL only runs the loop."""
     import torch
-    from peft import LoraConfig
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig
 
@@ -309,8 +315,7 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), proces
         report_to="none", dataloader_num_workers=0, remove_unused_columns=False,
         train_sampling_strategy=cfg.train_sampling_strategy,
         dataset_kwargs={"skip_prepare_dataset": True} if collator is not None else None, **prec, **cfg.extra)
-    peft = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=lora_targets(cfg.lora_vision), task_type="CAUSAL_LM") if cfg.lora else None
+    peft = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_vision) if cfg.lora else None
     return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                            data_collator=collator, processing_class=processor, peft_config=peft,
                            callbacks=list(callbacks))
