@@ -26,18 +26,16 @@ from wafersage_utils.training import tiny_vlm
 ANSWER = "This wafer map shows an edge-ring defect pattern."
 
 
-@pytest.fixture(scope="module")
-def typist(tmp_path_factory):
-    """A tiny Qwen3-VL trained for a few seconds to answer the defect-type question with ANSWER, exported with
-    its wafersage.json (64 px renders)."""
+def trained_to_say(answer: str, root):
+    """A tiny Qwen3-VL trained for a few seconds to answer the defect-type question with `answer`, exported
+    with its wafersage.json (64 px renders)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    root = tmp_path_factory.mktemp("typist")
     info = model_info.info_for_run(64, "plain", "tiny", {"source": "test"}, run="test")
-    path = tiny_vlm.build_tiny_vlm([ANSWER, info.question] * 20, root / "model", tiny_vlm.TinySpec(image_size=64), seed=0)
+    path = tiny_vlm.build_tiny_vlm([answer, info.question] * 20, root / "model", tiny_vlm.TinySpec(image_size=64), seed=0)
     processor, model = AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path)
     rng = np.random.default_rng(0)
     images = [render.to_image(rng.integers(0, 3, (30, 30)).astype(np.uint8), 64).convert("RGB") for _ in range(6)]
-    conv = info.messages() + [{"role": "assistant", "content": [{"type": "text", "text": ANSWER}]}]
+    conv = info.messages() + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     batch = processor(text=[processor.apply_chat_template(conv, tokenize=False)] * len(images), images=images,
                       return_tensors="pt", padding=True)
     labels = batch["input_ids"].clone()
@@ -50,6 +48,35 @@ def typist(tmp_path_factory):
     model.save_pretrained(path)
     model_info.write_info(path, info)
     return path
+
+
+@pytest.fixture(scope="module")
+def typist(tmp_path_factory):
+    """Answers ANSWER to every map."""
+    return trained_to_say(ANSWER, tmp_path_factory.mktemp("typist"))
+
+
+def test_answers_stop_where_the_type_statement_ends_and_read_as_whole_answers(tmp_path):
+    detail = " The main failing region is a ring along the edge zone, all around the wafer."
+    talker = trained_to_say(ANSWER + detail, tmp_path)
+    asker = scorer.MapAsker(talker, "merged", model_info.read_info(talker))
+    generated, generate = [], asker.model.generate
+
+    def counting(**kw):
+        ids = generate(**kw)
+        generated.append(ids.shape[1] - kw["input_ids"].shape[1])
+        return ids
+
+    asker.model.generate = counting
+    rng = np.random.default_rng(1)
+    maps = [rng.integers(0, 3, (30, 30)).astype(np.uint8) for _ in range(5)]
+    full = asker.ask(maps, batch_size=4, progress=False, full_answers=True)
+    cut = asker.ask(maps, batch_size=4, progress=False)
+    assert full == [ANSWER + detail] * 5, full
+    assert cut == [ANSWER] * 5
+    n_statement = len(asker.processor.tokenizer(ANSWER)["input_ids"])
+    assert all(n > n_statement + 5 for n in generated[:2])  # whole answers
+    assert generated[2:] == [n_statement + 1] * 2  # the statement and the token that shows it has ended
 
 
 @pytest.fixture(scope="module")

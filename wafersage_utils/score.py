@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sample and the resamples")
     ap.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: a GPU when there is one)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    ap.add_argument("--full-answers", action="store_true",
+                    help="generate each answer to its end (default: stop after the sentence that states the type)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         m = score(args.model, args.data, args.out, args.max_maps, args.batch_size, not args.quiet, args.bootstrap,
-                  args.seed, args.device)
+                  args.seed, args.device, args.full_answers)
     except (MissingModelInfo, FileNotFoundError, ValueError, LookupError) as exc:
         print(f"wafersage-score: {exc}", file=sys.stderr)
         return 2

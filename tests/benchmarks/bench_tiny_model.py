@@ -12,7 +12,10 @@ same model on the same examples twice in this process, the old path first:
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
   at the recipe's settings (examples encoded once, padded per batch; 8 pairs per step in one batch);
 - greedy answers to validation questions: old = batches of 16 in request order; new = `HFChat` as the stages
-  use it (batches of `eval_batch_size`, grouped by length).
+  use it (batches of `eval_batch_size`, grouped by length);
+- defect-type answers as the scorer asks them (sim-to-real on 30,501 real maps, stage 07's type check,
+  `wafersage-score`) on validation maps: old = whole answers; new = each stopped after the sentence that
+  states the type (the labels must be the same: `same_labels_share`).
 
 Per row: samples per second over the training steps after the first three (and, for the new path, with the
 one-time encoding counted in), FLOPs per sample counted by torch's FlopCounterMode on single examples (matrix
@@ -135,6 +138,30 @@ def answer_flops(model_dir: str, rows, run_dir: Path, max_tokens: int, n: int = 
     return counter.get_total_flops() / len(reqs)
 
 
+def type_answer_rate(model_dir: str, wafer_maps: list, batch_size: int, full: bool) -> dict:
+    """Defect-type answers per second as the scorer asks them (sim-to-real, 07's type check, wafersage-score):
+    whole answers (the old path) or stopped after the type statement (the new)."""
+    from wafersage_utils.evaluation import model_info, scorer
+    asker = scorer.MapAsker(Path(model_dir), "merged", model_info.read_info(Path(model_dir)))
+    asker.ask(wafer_maps[:8], 8, progress=False, full_answers=full)  # load and warm up
+    t0 = time.perf_counter()
+    answers = asker.ask(wafer_maps, batch_size, progress=False, full_answers=full)
+    dt = time.perf_counter() - t0
+    return {"samples_per_second": round(len(wafer_maps) / dt, 1), "wall_s": round(dt, 1), "answers": answers}
+
+
+def type_answer_flops(model_dir: str, wafer_maps: list, full: bool, n: int = 8) -> float:
+    """Mean FLOPs of one defect-type answer alone, asked as the scorer asks it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from wafersage_utils.evaluation import model_info, scorer
+    asker = scorer.MapAsker(Path(model_dir), "merged", model_info.read_info(Path(model_dir)))
+    with FlopCounterMode(display=False) as counter:
+        for m in wafer_maps[:n]:
+            asker.ask([m], 1, progress=False, full_answers=full)
+    return counter.get_total_flops() / n
+
+
 def row(name: str, old: dict, new: dict, flops: float, peak: float) -> dict:
     achieved = flops * new["samples_per_second"] / 1e9
     return {"path": name, "old_per_s": old["samples_per_second"], "new_per_s": new["samples_per_second"],
@@ -204,6 +231,19 @@ def main(argv=None) -> int:
     same = sum(a == b for a, b in zip(old.pop("answers"), new.pop("answers"))) / len(asked)
     rows.append(row("greedy answers", old, new, answer_flops(merged, asked, run, max_tokens), top)
                 | {"same_answer_share": round(same, 3)})
+    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+
+    # Defect-type answers as the scorer asks them, on the run's validation maps: whole answers, then stopped
+    # after the type statement (same labels: the parser reads only that sentence).
+    from wafersage_utils.evaluation.answers import parse_labels
+    val_maps = maps[maps["split"] == "val"].sample(n=min(args.answers, int((maps["split"] == "val").sum())),
+                                                   random_state=0)
+    wafer_maps = list(val_maps["wafer_map"])
+    old = type_answer_rate(merged, wafer_maps, int(p07["eval_batch_size"]), full=True)
+    new = type_answer_rate(merged, wafer_maps, int(p07["eval_batch_size"]), full=False)
+    same = sum(parse_labels(a) == parse_labels(b) for a, b in zip(old.pop("answers"), new.pop("answers")))
+    rows.append(row("type answers", old, new, type_answer_flops(merged, wafer_maps, full=False), top)
+                | {"same_labels_share": round(same / len(wafer_maps), 3)})
     print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
     print(f"\n{'path':16} {'old/s':>8} {'new/s':>8} {'ratio':>6} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of peak':>8}")

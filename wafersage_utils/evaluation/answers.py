@@ -46,10 +46,13 @@ def _names_in(phrase: str) -> set[str]:
 _STRICT = re.compile(r"(shows?|has|is|displays?|exhibits?) (an? |the )?(?P<a>[\w\- ,]+?) (defect|failure) pattern\b")
 
 
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|\n")
+
+
 def _first_statement(text: str, statement: re.Pattern) -> set[str]:
     """Labels of the first sentence of `text` that states a type in the form `statement` matches, or that
     calls the wafer defect-free ({'none'}); the empty set when no sentence does."""
-    for sentence in re.split(r"(?<=[.!?])\s+|\n", text):
+    for sentence in _SENTENCE_BREAK.split(text):
         if _NONE.search(sentence):
             return {NONE_LABEL}
         m = statement.search(sentence)
@@ -67,6 +70,20 @@ def stated_labels(answer: str) -> list[str]:
     :func:`parse_labels`, which reads any answer to a type question."""
     found = _first_statement(solution_text(answer).lower(), _STRICT)
     return [lab for lab in VOCAB if lab in found]
+
+
+def statement_end(answer: str) -> int | None:
+    """Where the sentence that :func:`parse_labels` reads ends in a plain (untagged) answer, once the text
+    shows that sentence is finished (a break follows it); None while no finished sentence states a type or
+    calls the wafer defect-free. Whatever follows cannot change the parsed labels: they come from the first
+    such sentence, and a finished sentence stays the same sentence however the answer goes on. So a
+    defect-type answer can stop being generated there (:mod:`.scorer`)."""
+    start = 0
+    for m in _SENTENCE_BREAK.finditer(answer):
+        if _first_statement(answer[start:m.start()].lower(), _STATEMENT):
+            return m.start()
+        start = m.end()
+    return None
 
 
 def parse_labels(answer: str) -> list[str]:

@@ -9,7 +9,9 @@ label vocabulary by the parser every stage uses (:func:`.answers.parse_labels`).
 
 Written to --out: `metrics.json` (stable keys: accuracy, macro_f1, n_maps, maps_per_second; for files with
 mixed maps also exact_match and pattern_macro_f1), `per_class.csv` (precision, recall, F1 with 95% bootstrap
-intervals), `per_map.csv.gz` (id, true, predicted, correct, raw answer) and `confusion.png`.
+intervals), `per_map.csv.gz` (id, true, predicted, correct, raw answer) and `confusion.png`. A plain answer
+is generated up to the end of the sentence that states the type, which is all the parser reads (the same
+labels as the whole answer, in about half the time); `--full-answers` generates each to its end.
 
 Definitions. accuracy = exact_match: the answer's label set equals the map's. macro_f1: one-vs-rest F1 over
 the labels that occur in the truth, the defect-free label included (for single-label files the usual
@@ -35,7 +37,7 @@ from ..maps.loaders import load_mixedwm38, load_wm811k
 from ..maps.render import render_array
 from ..plots import confusion
 from ..runner.runs import RUN_PREFIX, atomic_target, atomic_write_text, read_manifest, write_json
-from .answers import is_mixed, parse_labels
+from .answers import is_mixed, parse_labels, statement_end
 from .classification import exact_matches
 from .model_info import ModelInfo, read_info
 
@@ -105,24 +107,67 @@ class MapAsker:
         self.prompt = self.processor.apply_chat_template(info.messages(), add_generation_prompt=True, tokenize=False)
         self.lut = np.array(info.palette_rgb(), np.uint8)
 
+    def breaks(self):
+        """A bool per token id: does the token's text hold a character that can end a sentence."""
+        import torch
+        if getattr(self, "_breaks", None) is None:
+            n = max(len(self.processor.tokenizer), int(self.model.config.get_text_config().vocab_size))
+            texts = self.processor.tokenizer.batch_decode([[i] for i in range(n)])
+            self._breaks = torch.tensor([any(c in t for c in ".!?\n") for t in texts], dtype=torch.bool)
+        return self._breaks
+
     def image(self, m: np.ndarray):
         from PIL import Image
         return Image.fromarray(render_array(m, self.info.image_size, self.lut))
 
-    def ask(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score") -> list[str]:
+    def ask(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score",
+            full_answers: bool = False) -> list[str]:
+        """The model's greedy answers. A plain-style answer stops once the sentence that states its type is
+        finished (:func:`.answers.statement_end`) and is cut there: the labels read from it are the labels
+        the whole answer would give, at a fraction of the tokens. `full_answers` generates every answer to
+        `max_new_tokens` (for reading the descriptions that follow)."""
         import torch
+        stop = not full_answers and self.info.answer_style == "plain"
         out: list[str] = []
         bar = tqdm(total=len(maps), desc=desc, unit="map", disable=not progress, mininterval=2.0)
         for s in range(0, len(maps), max(1, batch_size)):
             chunk = maps[s: s + batch_size]
             inputs = self.processor(text=[self.prompt] * len(chunk), images=[self.image(m) for m in chunk],
                                     padding=True, return_tensors="pt").to(self.device)
+            n_prompt = inputs["input_ids"].shape[1]
+            criteria = [_statement_stopper(self.processor.tokenizer, n_prompt, self.breaks())] if stop else None
             with torch.inference_mode():
-                ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False)
-            out += self.processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
+                                          stopping_criteria=criteria)
+            answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
+            out += [a[:statement_end(a)] if stop and statement_end(a) is not None else a for a in answers]
             bar.update(len(chunk))
         bar.close()
         return [a.strip() for a in out]
+
+
+def _statement_stopper(tokenizer, n_prompt: int, breaks):
+    """A stopping criterion that marks each answer of a generation batch finished once its type statement
+    is (:func:`.answers.statement_end`); generate pads the finished ones until the batch is done. A sentence
+    can only end at a token holding '.', '!', '?' or a newline or just after one (`breaks`, a bool per
+    token id), so only those answers are decoded and looked at."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StatementStop(StoppingCriteria):
+        done = None
+
+        def __call__(self, input_ids, scores, **kwargs):
+            if self.done is None:
+                self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            recent = input_ids[:, max(n_prompt, input_ids.shape[1] - 2):]
+            near = breaks.to(input_ids.device)[recent.clamp(max=len(breaks) - 1)].any(dim=1)
+            for i in (near & ~self.done).nonzero().flatten().tolist():
+                text = tokenizer.decode(input_ids[i, n_prompt:], skip_special_tokens=True)
+                self.done[i] = statement_end(text) is not None
+            return self.done.clone()
+
+    return StatementStop()
 
 
 def predicted_labels(folder: str | Path, info: ModelInfo, maps: pd.DataFrame, batch_size: int = 128,
@@ -207,10 +252,11 @@ def confusion_figure(true_keys: list[str], pred_keys: list[str], title: str):
 
 
 def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progress: bool = True,
-               n_bootstrap: int = 1000, seed: int = 0) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+               n_bootstrap: int = 1000, seed: int = 0, full_answers: bool = False
+               ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """(metrics, per-class table, per-map table) of a model on labelled maps (columns id, wafer_map, labels)."""
     t0 = time.perf_counter()
-    answers = asker.ask(list(maps["wafer_map"]), batch_size, progress)
+    answers = asker.ask(list(maps["wafer_map"]), batch_size, progress, full_answers=full_answers)
     seconds = time.perf_counter() - t0
     true = [list(x) for x in maps["labels"]]
     pred = [parse_labels(a) for a in answers]
@@ -220,6 +266,7 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
     per_class = b.pop("per_class")
     metrics = {**b, "n_maps": len(maps), "maps_per_second": len(maps) / seconds if seconds > 0 else None,
                "seconds": seconds, "unparsed_share": float(np.mean([not p for p in pred])),
+               "answers": "whole" if full_answers or asker.info.answer_style != "plain" else "to the type statement",
                "n_mixed": int(mixed.sum()),
                "accuracy_single": float(right[~mixed].mean()) if (~mixed).any() else None,
                "accuracy_mixed": float(right[mixed].mean()) if mixed.any() else None}
@@ -254,12 +301,13 @@ def write_outputs(out: Path, metrics: dict, per_class: pd.DataFrame, per_map: pd
 
 def score_loaded(folder: Path, kind: str, maps: pd.DataFrame, skipped: int, data: str | Path,
                  out: str | Path | None = None, batch_size: int = 128, progress: bool = True,
-                 n_bootstrap: int = 1000, seed: int = 0, device: str = "", max_maps: int = 0) -> dict:
+                 n_bootstrap: int = 1000, seed: int = 0, device: str = "", max_maps: int = 0,
+                 full_answers: bool = False) -> dict:
     """:func:`score` on maps already loaded (:func:`load_labelled`)."""
     info = read_info(folder)
     log.info("scoring %s (%s) on %d maps of %s", folder, kind, len(maps), data)
     asker = MapAsker(folder, kind, info, device)
-    metrics, per_class, per_map = score_maps(asker, maps, batch_size, progress, n_bootstrap, seed)
+    metrics, per_class, per_map = score_maps(asker, maps, batch_size, progress, n_bootstrap, seed, full_answers)
     metrics = {**metrics, "n_unlabelled_skipped": skipped, "model": str(folder), "model_kind": kind,
                "data": str(data), "max_maps": max_maps, "seed": seed, "device": asker.device,
                "model_info": asdict(info)}
@@ -272,11 +320,12 @@ def score_loaded(folder: Path, kind: str, maps: pd.DataFrame, skipped: int, data
 
 def score(model: str | Path, data: str | Path, out: str | Path | None = None, max_maps: int = 0,
           batch_size: int = 128, progress: bool = True, n_bootstrap: int = 1000, seed: int = 0,
-          device: str = "") -> dict:
+          device: str = "", full_answers: bool = False) -> dict:
     """Score MODEL on the labelled maps of DATA; with `out`, write metrics.json, per_class.csv, per_map.csv.gz
-    and confusion.png there. Returns the metrics (the per-class and per-map tables under '_per_class', '_per_map')."""
+    and confusion.png there. Returns the metrics (the per-class and per-map tables under '_per_class', '_per_map').
+    Answers stop after the sentence that states the type unless `full_answers` (:meth:`MapAsker.ask`)."""
     folder, kind = resolve_model(model)
     read_info(folder)  # refuse a folder without its metadata before loading any data
     maps, skipped = load_labelled(data, max_maps, seed)
     return score_loaded(folder, kind, maps, skipped, data, out, batch_size, progress, n_bootstrap, seed, device,
-                        max_maps)
+                        max_maps, full_answers)
