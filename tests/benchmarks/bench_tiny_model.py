@@ -10,7 +10,8 @@ same model on the same examples twice in this process, the old path first:
   processor on every batch), random batches of 8 (the recipe until 2026-11-30); new = `models.seeing_config`
   at the recipe's settings (`params/default.yaml` over the notebook's defaults);
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
-  at the recipe's settings (examples encoded once, padded per batch; 8 pairs per step in one batch);
+  at the recipe's settings with LoRA (examples encoded once, padded per batch; 8 pairs per step in one batch);
+  where the recipe trains every weight (`05_sft.lora: false`), a row for that too, against the same old path;
 - greedy answers to validation questions: old = batches of 16 in request order; new = `HFChat` as the stages
   use it (batches of `eval_batch_size`, grouped by length);
 - defect-type answers as the scorer asks them (sim-to-real on 30,501 real maps, stage 07's type check,
@@ -212,13 +213,18 @@ def main(argv=None) -> int:
     pairs = load_from_disk(str(run / "data" / "exports" / "trl_sft" / "train"))
     pairs = pairs.shuffle(seed=0).select(range(min(args.samples, len(pairs))))
     fields = sft.TrainConfig.__dataclass_fields__
-    new_cfg = sft.TrainConfig(**{k: v for k, v in p05.items() if k in fields}
-                              | {"model": base, "output_dir": str(tmp / "sft_new"), "save_steps": 0, "max_steps": -1,
-                                 "num_train_epochs": 1.0, "seed": 0})
-    old_cfg = old_path(new_cfg, tmp / "sft_old", batch=2, accumulation=4)
-    old, new = train_rate(old_cfg, pairs), train_rate(new_cfg, pairs)
-    rows.append(row("LoRA SFT", old, new, flops_per_sample(base, pairs, new_cfg), top))
+    recipe_cfg = sft.TrainConfig(**{k: v for k, v in p05.items() if k in fields}
+                                 | {"model": base, "output_dir": str(tmp / "sft_new"), "save_steps": 0,
+                                    "max_steps": -1, "num_train_epochs": 1.0, "seed": 0})
+    lora_cfg = replace(recipe_cfg, lora=True, learning_rate=2e-3)  # the LoRA path at the rates it was chosen with
+    old_cfg = old_path(lora_cfg, tmp / "sft_old", batch=2, accumulation=4)
+    old, new = train_rate(old_cfg, pairs), train_rate(lora_cfg, pairs)
+    rows.append(row("LoRA SFT", old, new, flops_per_sample(base, pairs, lora_cfg), top))
     print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+    if not recipe_cfg.lora:  # the recipe trains every weight: against the same old LoRA path
+        full = train_rate(replace(recipe_cfg, output_dir=str(tmp / "sft_full")), pairs)
+        rows.append(row("SFT, every weight", old, full, flops_per_sample(base, pairs, None), top))
+        print(json.dumps(rows[-1] | {"old": old, "new": full}), flush=True)
 
     # Greedy answers to validation questions with the SFT model.
     import pandas as pd
