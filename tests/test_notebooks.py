@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.conftest import real_file
 from wafersage_utils.corpus import tables
 from wafersage_utils.maps import table
 from wafersage_utils.runner.params import notebook_parameters
@@ -205,7 +206,10 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
     row = next(line for line in text.splitlines() if line.startswith(f"| [{run.name}]"))
     n_type = m["type_eval_maps"] if m["type_eval"] == "split" else m["n_test_wafers"]
     assert f"| {n_type} |" in row and f"{m['rl/rule_score']:.3f}" in row and "generated maps" in row
-    assert f"| {m['sim2real/sft/macro_f1']:.3f} [" in row  # the scorer's output on real maps, from scores/
+    if real_sample_present():  # the scorer's output on real maps, from scores/
+        assert f"| {m['sim2real/sft/macro_f1']:.3f} [" in row
+    else:  # without the public sample 07 skips the sim-to-real check (and says why)
+        assert not any(k.startswith("sim2real/") for k in m)
     # the run report: every stage with its figures and metrics, stage 07's tables as its section
     from wafersage_utils.runner import run_report
     rep = run_report.write_run_report(run).read_text()
@@ -221,9 +225,18 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
 
 
 @pytest.mark.slow
+def real_sample_present() -> bool:
+    try:
+        real_file("wm811k")
+    except pytest.skip.Exception:
+        return False
+    return True
+
+
 def test_smoke_metrics_match_the_snapshot(eval_run):
     """Every numeric metric of the smoke chain (01 to 07) against tests/fixtures/smoke_metrics.json."""
     from tests import snapshot
+    real_file("wm811k")  # the snapshot was taken with the public sample beside the project (01 and 07 read it)
     diff = snapshot.check(eval_run)
     assert diff == {}, (f"{len(diff)} metrics differ from the snapshot (snapshot, now); if the change is meant, "
                         f"rerun with WAFERSAGE_UPDATE_SNAPSHOT=1 and commit the fixture: {diff}")
