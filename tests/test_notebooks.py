@@ -224,7 +224,6 @@ def test_stage_07_closes_the_chain_with_smoke_params(eval_run, tmp_path):
         assert again[key] == m[key] or (again[key] != again[key] and m[key] != m[key]), key
 
 
-@pytest.mark.slow
 def real_sample_present() -> bool:
     try:
         real_file("wm811k")
@@ -233,6 +232,7 @@ def real_sample_present() -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_smoke_metrics_match_the_snapshot(eval_run):
     """Every numeric metric of the smoke chain (01 to 07) against tests/fixtures/smoke_metrics.json."""
     from tests import snapshot

@@ -107,11 +107,12 @@ class MapAsker:
         self.model = model.to(self.device).eval()
         self.prompt = self.processor.apply_chat_template(info.messages(), add_generation_prompt=True, tokenize=False)
         self.lut = np.array(info.palette_rgb(), np.uint8)
+        self._breaks = None
 
     def breaks(self):
         """A bool per token id: does the token's text hold a character that can end a sentence."""
         import torch
-        if getattr(self, "_breaks", None) is None:
+        if self._breaks is None:
             n = max(len(self.processor.tokenizer), int(self.model.config.get_text_config().vocab_size))
             texts = self.processor.tokenizer.batch_decode([[i] for i in range(n)])
             self._breaks = torch.tensor([any(c in t for c in ".!?\n") for t in texts], dtype=torch.bool)
@@ -141,7 +142,8 @@ class MapAsker:
                 ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
                                           stopping_criteria=criteria)
             answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
-            out += [a[:statement_end(a)] if stop and statement_end(a) is not None else a for a in answers]
+            ends = [statement_end(a) if stop else None for a in answers]
+            out += [a if end is None else a[:end] for a, end in zip(answers, ends)]
             bar.update(len(chunk))
         bar.close()
         return [a.strip() for a in out]
