@@ -80,7 +80,8 @@ def test_run_writes_the_run_folder_and_skips_unchanged_stages(toy):
     assert all(s["state"] == "done" and s["wall_s"] > 0 for s in status.values())
     assert all("commit" in s["git"] for s in status.values())  # each stage records the commit it ran at
     env = json.loads((run / "environment.json").read_text())
-    assert {"git", "packages", "device", "torch_threads"} <= set(env) and "commit" in env["git"]
+    assert {"git", "packages", "device", "torch_threads", "numerics"} <= set(env) and "commit" in env["git"]
+    assert len(env["numerics"]["fingerprint"]) == 12 and env["numerics"]["torch_cpu"]
     assert yaml.safe_load((run / "params.yaml").read_text())["01_first"]["value"] == 2
     # Unchanged: both skipped. A changed value in stage 02 reruns 02 only.
     pipeline.run_pipeline(params, results_dir=res, notebooks_dir=nbs)

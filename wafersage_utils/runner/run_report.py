@@ -61,7 +61,9 @@ def _header(run_dir: Path) -> list[str]:
              f"- Commit: `{git.get('commit', '?')}`" + (" **with uncommitted changes**" if git.get("dirty") else
                                                         " (clean tree)") + " (the last invocation's; each stage's below)",
              f"- Machine: {env.get('platform', '?')}, {env.get('cpu_count', '?')} CPUs, torch threads "
-             f"{env.get('torch_threads', '?')}, device {env.get('device', 'cpu')}",
+             f"{env.get('torch_threads', '?')}, device {env.get('device', 'cpu')}"
+             + (f", numerics fingerprint `{num['fingerprint']}` (torch {num.get('torch_cpu')}, "
+                f"{', '.join(num.get('blas', [])) or 'no BLAS found'})" if (num := env.get("numerics")) else ""),
              "- Settings: the recipe (`wafersage_utils/recipe.py`) with "
              + (f"these changes: `{json.dumps(changed)}`" if changed else "no changes"),
              "  (every value a stage ran with: `settings/<stage>.json`)", ""]

@@ -12,6 +12,7 @@ results/<run>/
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -97,7 +98,51 @@ def environment_record() -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {"git": git_state(), "python": platform.python_version(), "platform": platform.platform(),
             "packages": versions, "device": device, "cuda": torch.cuda.is_available(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "numerics": numerics_record()}
+
+
+def numerics_record() -> dict:
+    """Which floating-point kernels this machine runs, and a fingerprint of the numbers they give.
+
+    The same params and seed give the same numbers on machines with the same fingerprint; across fingerprints
+    (AVX2 against AVX-512 kernels, another BLAS build, another CPU count) float sums are ordered differently
+    and a run's numbers move a little. The fingerprint hashes the kernel choices, the numeric packages'
+    versions, the CPU count and the bits of a few small computations of the kinds the pipeline does
+    (convolution forward and backward, matrix products, attention, an SVD), made on one thread.
+    """
+    import torch
+    from threadpoolctl import threadpool_info
+    blas = sorted({f"{i.get('internal_api')} {i.get('architecture') or ''}".strip()
+                   for i in threadpool_info() if i.get("user_api") == "blas"})
+    record = {"torch_cpu": torch.backends.cpu.get_cpu_capability(), "blas": blas, "cpu_count": os.cpu_count(),
+              "versions": [metadata.version(n) for n in ("torch", "numpy", "scipy", "scikit-learn")]}
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the probe's bits must not depend on what this process set its threads to
+    try:
+        _probe(digest)
+    finally:
+        torch.set_num_threads(threads)
+    return record | {"fingerprint": digest.hexdigest()[:12]}
+
+
+def _probe(digest) -> None:
+    import torch
+    from threadpoolctl import threadpool_limits
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 2, 24, 24, generator=g, requires_grad=True)
+    w = torch.randn(8, 2, 3, 3, generator=g, requires_grad=True)
+    y = torch.nn.functional.conv2d(x, w, padding=1)
+    y.square().sum().backward()
+    a, b = torch.randn(37, 129, generator=g), torch.randn(129, 61, generator=g)
+    q = torch.randn(1, 2, 19, 16, generator=g)
+    att = torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True)
+    m = np.random.default_rng(0).standard_normal((53, 47))
+    with threadpool_limits(1):
+        for arr in (y.detach().numpy(), x.grad.numpy(), w.grad.numpy(), (a @ b).numpy(), att.numpy(),
+                    torch.softmax(a, -1).numpy(), m @ m.T, m.astype(np.float32) @ m.T.astype(np.float32),
+                    np.linalg.svd(m, compute_uv=False)):
+            digest.update(np.ascontiguousarray(arr).tobytes())
 
 
 _REQUIRED = object()
