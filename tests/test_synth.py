@@ -120,3 +120,23 @@ def test_independent_background_draws_no_extra_random_numbers():
     x, y = synth.die_coordinates(30, 34)
     expected = ref.random((30, 34)) >= 1.0 - 0.1 * (1.0 + 1.5 * np.hypot(x, y) ** 6)
     assert np.array_equal(m1 == FAIL, expected & (np.hypot(x, y) <= 1.0))
+
+
+def _loc_blob_dies(side: int, loc_area_dies: float, n: int = 60) -> np.ndarray:
+    """Dies inside each drawn Loc ellipse (field above one half), on an n-map sample of one grid size."""
+    rng = np.random.default_rng(0)
+    lot = {"die": 2.0 / side, "loc_area_dies": loc_area_dies, "angle": 0.0, "scratch_heading": 0.0}
+    x, y = synth.die_coordinates(side, side)
+    return np.array([(synth.pattern_field(synth._draw_pattern("Loc", rng, lot) | {"density": 1.0}, x, y, side, side)
+                      > 0.5).sum() for _ in range(n)])
+
+
+def test_loc_blobs_are_drawn_in_dies_the_same_size_on_every_grid():
+    """Real WM-811K Loc blobs have about the same die count on small and large grids (median largest failing
+    group 27 dies at <= 30 dies across, 34 above); drawn as a share of the wafer they were half that on
+    small grids. In dies, the median blob is near loc_area_dies on a 26- and a 70-die grid alike."""
+    small, large = np.median(_loc_blob_dies(26, 24.0)), np.median(_loc_blob_dies(70, 24.0))
+    assert 16 <= small <= 34 and 16 <= large <= 34, (small, large)
+    old_small, old_large = np.median(_loc_blob_dies(26, 0.0)), np.median(_loc_blob_dies(70, 0.0))
+    assert old_large > 3 * old_small  # the old draw scales with the grid
+    assert synth.SynthConfig().loc_area_dies == 24.0

@@ -1,6 +1,7 @@
 """How realistic is the generator? Generator settings side by side, measured on real maps.
 
     python tests/benchmarks/bench_generator_realism.py [--clumping 0 1.5] [--seeds 0 1 2] [--n 4500]
+    python tests/benchmarks/bench_generator_realism.py --settings "loc_area_dies=0" ""   # any SynthConfig fields
 
 For each generator setting and seed: generate `--n` maps as stage 01 does (balanced classes, 5% mixed; no
 label noise, so the measure is the generator's, not the cleaning's), fit stage 01's classical baseline
@@ -9,11 +10,14 @@ the public development sample: the "Training" half by default (`--half Test` is 
 setting is chosen). The better the generated maps stand in for real ones, the higher the real-map macro-F1.
 Prints per setting the macro-F1 and accuracy of each seed, their means and the difference to the first
 setting, plus the defect-free class's F1 (real background failures come in clumps; read as Loc when the
-generator's are independent). Run it alone: gradient boosting's threads slow tenfold beside another job.
+generator's are independent) and Loc's. A setting is a comma-separated list of SynthConfig fields
+(`loc_area_dies=24,background_clumping=1.5`; empty: the defaults); `--clumping V ...` is short for
+`--settings background_clumping=V ...`. Run it alone: gradient boosting's threads slow tenfold beside another job.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -28,13 +32,21 @@ from wafersage_utils.maps.features import extract_features
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clumping", type=float, nargs="+", default=[0.0, 1.5],
+    ap.add_argument("--clumping", type=float, nargs="+", default=None,
                     help="background_clumping values to compare (the first is the reference)")
+    ap.add_argument("--settings", nargs="+", default=None,
+                    help="generator settings to compare, each KEY=VALUE[,KEY=VALUE] over SynthConfig fields "
+                         "(the first is the reference; default: the old Loc size, loc_area_dies=0, against the defaults)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="generator seeds")
     ap.add_argument("--n", type=int, default=4500, help="generated maps per fit (stage 01's default)")
     ap.add_argument("--half", default="Training", choices=["Training", "Test", "all"],
                     help="real maps scored: WM-811K's own Training or Test half, or all")
     args = ap.parse_args()
+    if args.settings is not None and args.clumping is not None:
+        ap.error("--settings and --clumping: give one")
+    settings = [f"background_clumping={c:g}" for c in args.clumping] if args.clumping else \
+        (args.settings if args.settings is not None else ["loc_area_dies=0", ""])
+    parsed = [(setting or "defaults", parse_setting(setting)) for setting in settings]
     path = loaders.DEFAULT_FILES["wm811k"]
     if not path.exists():
         print(f"{path} not found: the real maps are needed", file=sys.stderr)
@@ -46,28 +58,42 @@ def main() -> int:
     X_real = extract_features(list(real["wafer_map"]))
     print(f"real: {len(real)} WM-811K maps ({args.half}); generated: {args.n} a fit; seeds {args.seeds}")
     results = {}
-    for clumping in args.clumping:
+    for name, overrides in parsed:
         rows = []
         for seed in args.seeds:
             t0 = time.perf_counter()
-            gen = synth.generate(synth.SynthConfig(n_wafers=args.n, seed=seed, class_mix="balanced",
-                                                   mixed_fraction=0.05, label_noise=0.0,
-                                                   background_clumping=clumping))
+            cfg = synth.SynthConfig(**{"n_wafers": args.n, "seed": seed, "class_mix": "balanced",
+                                       "mixed_fraction": 0.05, "label_noise": 0.0} | overrides)
+            gen = synth.generate(cfg)
             keys = [label_key(x) for x in gen["labels"]]
             pred = baseline_predictions(extract_features(list(gen["wafer_map"])), keys, X_real, seed=seed)
             s = bootstrap_scores(truth, pred, n_resamples=10)
-            none_f1 = float(s["per_class"].set_index("label").loc["none", "f1"])
-            rows.append((s["macro_f1"], s["accuracy"], none_f1))
-            print(f"clumping {clumping:g} seed {seed}: macro-F1 {rows[-1][0]:.3f}  accuracy {rows[-1][1]:.3f}  "
-                  f"none F1 {rows[-1][2]:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-        results[clumping] = np.array(rows)
-    ref = results[args.clumping[0]].mean(axis=0)
-    print("\nsetting            macro-F1   accuracy   none F1   (mean over seeds; difference to the first)")
-    for clumping, r in results.items():
+            f1 = s["per_class"].set_index("label")["f1"]
+            rows.append((s["macro_f1"], s["accuracy"], float(f1.loc["none"]), float(f1.loc["Loc"])))
+            print(f"{name} seed {seed}: macro-F1 {rows[-1][0]:.3f}  accuracy {rows[-1][1]:.3f}  "
+                  f"none F1 {rows[-1][2]:.3f}  Loc F1 {rows[-1][3]:.3f}  ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        results[name] = np.array(rows)
+    ref = next(iter(results.values())).mean(axis=0)
+    print("\nsetting                      macro-F1         accuracy         none F1          Loc F1"
+          "   (mean over seeds; difference to the first)")
+    for name, r in results.items():
         m = r.mean(axis=0)
-        print(f"clumping {clumping:<8g}  {m[0]:.3f} ({m[0] - ref[0]:+.3f})  {m[1]:.3f} ({m[1] - ref[1]:+.3f})  "
-              f"{m[2]:.3f} ({m[2] - ref[2]:+.3f})")
+        print(f"{name:<28} " + "  ".join(f"{m[i]:.3f} ({m[i] - ref[i]:+.3f})" for i in range(4)))
     return 0
+
+
+def parse_setting(text: str) -> dict:
+    """'loc_area_dies=24,background_clumping=1.5' -> SynthConfig keyword arguments, typed as the fields are."""
+    fields = {f.name: f.type for f in dataclasses.fields(synth.SynthConfig)}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"setting {part!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+        kind = {"int": int, "float": float, "str": str}.get(str(fields[key]), float)
+        out[key] = kind(value)
+    return out
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ class SynthConfig:
     lot_affinity: float = 0.5  # chance a wafer takes its lot's dominant pattern
     median_side: float = 33.0  # dies across; WM-811K's median
     background_clumping: float = 0.0  # largest log-scale of a clumped background (0: independent dies, the default)
+    loc_area_dies: float = 24.0  # median area of a Loc blob in dies (lognormal, sigma 0.7); 0: a share of the wafer
     seed: int = 0
 
 
@@ -107,9 +108,16 @@ def _draw_pattern(name: str, rng: np.random.Generator, lot: dict) -> dict:
                  depth=max(float(rng.uniform(0.15, 0.35)), 2.5 * die))
     elif name == "Loc":
         rad, ang = float(rng.uniform(0.15, 0.65)), float(rng.uniform(0, 360))
-        a = max(float(rng.uniform(0.09, 0.2)), 2.0 * die)
-        g.update(cx=rad * np.sin(np.radians(ang)), cy=rad * np.cos(np.radians(ang)), a=a,
-                 b=max(a * float(rng.uniform(0.55, 1.0)), 1.5 * die), rotation=float(rng.uniform(0, 180)))
+        if lot.get("loc_area_dies", 0.0) > 0:  # a blob's size in dies, as real ones: about the same on every grid
+            area = float(np.clip(rng.lognormal(np.log(lot["loc_area_dies"]), 0.7), 8.0, 400.0))
+            ratio = float(rng.uniform(0.55, 1.0))  # b / a
+            a = min(float(np.sqrt(area / (np.pi * ratio))) * die, 0.45)
+            b = max(a * ratio, 1.5 * die)
+        else:
+            a = max(float(rng.uniform(0.09, 0.2)), 2.0 * die)
+            b = max(a * float(rng.uniform(0.55, 1.0)), 1.5 * die)
+        g.update(cx=rad * np.sin(np.radians(ang)), cy=rad * np.cos(np.radians(ang)), a=a, b=b,
+                 rotation=float(rng.uniform(0, 180)))
     elif name == "Scratch":
         g.update(_draw_scratch(rng, lot))
     elif name == "Random":
@@ -245,7 +253,7 @@ def _new_lot(rng: np.random.Generator, probs: dict[str, float], cfg: SynthConfig
         "dominant": str(rng.choice(names, p=np.array(list(probs.values())))),
         "angle": float(rng.uniform(0, 360)), "scratch_heading": float(rng.uniform(0, 360)),
         "size": int(rng.integers(cfg.lot_size_min, cfg.lot_size_max + 1)),
-    } | {"die": 2.0 / side}
+    } | {"die": 2.0 / side, "loc_area_dies": cfg.loc_area_dies}
 
 
 def generate(cfg: SynthConfig) -> pd.DataFrame:
