@@ -140,3 +140,50 @@ def test_loc_blobs_are_drawn_in_dies_the_same_size_on_every_grid():
     old_small, old_large = np.median(_loc_blob_dies(26, 0.0)), np.median(_loc_blob_dies(70, 0.0))
     assert old_large > 3 * old_small  # the old draw scales with the grid
     assert synth.SynthConfig().loc_area_dies == 24.0
+
+
+def _inside_and_edge_rates(side: int, cfg: synth.SynthConfig, n: int = 30) -> tuple[float, float]:
+    """Fail rates of defect-free maps on a side x side grid: dies 3+ steps inside, and the outermost ring."""
+    rng = np.random.default_rng(0)
+    factor = synth.area_factor(side, side, cfg.background_area_exponent)
+    x, y = synth.die_coordinates(side, side)
+    d = synth.edge_distance(np.hypot(x, y) <= 1.0)
+    maps = [synth.render_map(side, side, [], 0.1 * factor, rng, edge_extra=cfg.edge_fail_extra) for _ in range(n)]
+    fails = np.stack([m == FAIL for m in maps])
+    return float(fails[:, d >= 3].mean()), float(fails[:, d == 0].mean())
+
+
+def test_background_falls_with_die_count_and_the_outermost_ring_fails_more():
+    """Real defect-free WM-811K maps: about 0.135 of the inside dies fail at 520 dies and 0.018 at 3,200 (smaller
+    dies fail less), and the outermost ring fails about 0.11 more than the inside on every grid. The old
+    generator kept one rate on every grid and rose smoothly towards the edge."""
+    new = synth.SynthConfig()
+    small_in, small_edge = _inside_and_edge_rates(26, new)
+    large_in, large_edge = _inside_and_edge_rates(70, new)
+    assert 4.0 < small_in / large_in < 9.0, (small_in, large_in)  # 26 vs 70 dies across: 7.2x the dies
+    assert 0.06 < small_edge - small_in < 0.2 and 0.06 < large_edge - large_in < 0.2
+    assert large_edge / large_in > 3.0 > small_edge / small_in
+    assert synth.area_factor(27, 27, 1.0) == 1.0 and synth.area_factor(70, 70, 0.0) == 1.0
+    old = synth.SynthConfig(background_area_exponent=0.0, edge_fail_extra=0.0)
+    old_small, _ = _inside_and_edge_rates(26, old)
+    old_large, _ = _inside_and_edge_rates(70, old)
+    assert 0.8 < old_small / old_large < 1.25
+
+
+def _scratch_width(scratch_width_dies: float, n: int = 40) -> float:
+    """Median of the drawn scratches' failing dies per die of length, on a 50-die grid (a one-die line: about 1)."""
+    rng = np.random.default_rng(1)
+    lot = {"die": 2.0 / 50, "scratch_heading": 30.0, "scratch_width_dies": scratch_width_dies}
+    x, y = synth.die_coordinates(50, 50)
+    out = []
+    for _ in range(n):
+        g = synth._draw_pattern("Scratch", rng, lot) | {"density": 1.0}
+        on = (synth.pattern_field(g, x, y, 50, 50) > 0) & (np.hypot(x, y) <= 1.0)
+        out.append(on.sum() / (g["length"] * g["on_wafer"] / lot["die"]))
+    return float(np.median(out))
+
+
+def test_scratches_are_about_one_die_wide_as_real_ones():
+    """Real WM-811K scratches: their largest failing group holds about 1.2 dies per die of length; the old
+    band of 1.7 to 2.4 dies made them twice as heavy."""
+    assert 0.8 < _scratch_width(1.4) < 1.9 < _scratch_width(0.0)  # 1.56 and 2.23 when written

@@ -79,6 +79,9 @@ class CleanSettings(StageSettings):
     label_noise: float = 0.1  # synthetic: share of maps given a realistic wrong label (ground truth for the quarantine)
     background_clumping: float = 0.0  # synthetic: background failures in clumps, log-scale up to this (0: independent dies); 1.5 helped a classical model on real maps but not the VLM: docs/experiments.md
     loc_area_dies: float = 24.0  # synthetic: median area of a Loc blob in dies, the same on every grid, as real WM-811K Loc blobs (0: a share of the wafer, half the real size on small grids): docs/experiments.md
+    background_area_exponent: float = 1.0  # synthetic: background fail rate scales as (dies on a 27 x 27 grid / dies)^this, as on real defect-free maps (0: one rate on every grid, 2-3x the real rate on large grids): docs/experiments.md
+    edge_fail_extra: float = 0.11  # synthetic: median extra fail chance of the outermost die ring, the background flat inside, as on real maps (0: a smooth r^6 rise towards the edge)
+    scratch_width_dies: float = 1.4  # synthetic: median scratch width in dies, as thin as real WM-811K scratches (0: the old 1.7 to 2.4-die band)
     lot_affinity: float = 0.5  # synthetic: chance a wafer shows its lot's dominant pattern
     embedding_kind: str = "features"  # features (standardised + PCA) | cnn (learned, like the paper's ViT)
     pca_components: int = 32  # dimensions of the feature embedding
@@ -355,6 +358,7 @@ RULES: dict[str, Any] = {
     "source": _one_of("synthetic", "wm811k", "mixedwm38"), "value3": _one_of("fail", "pass", "error"),
     "n_wafers": _ge(1), "class_mix": _one_of("balanced", "natural"), "mixed_fraction": SHARE,
     "label_noise": SHARE_OPEN, "background_clumping": _ge(0), "loc_area_dies": _ge(0), "lot_affinity": SHARE,
+    "background_area_exponent": _ge(0), "edge_fail_extra": SHARE, "scratch_width_dies": _ge(0),
     "embedding_kind": _one_of("features", "cnn"), "pca_components": _ge(1), "cnn_epochs": _ge(1), "kmeans_k": _ge(0),
     "kmeans_k_max": _ge(2), "classifier": _one_of("hgb", "logreg"), "oof_folds": _ge(2), "cnn_pattern_epochs": _ge(1),
     "consistency_weight": SHARE, "cluster_veto": SHARE, "n_typical": _ge(0), "n_hard": _ge(0),

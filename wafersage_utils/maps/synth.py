@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_cdt, gaussian_filter
 
 from .conventions import FAIL, NO_DIE, NONE_LABEL, PASS, PATTERNS, WM811K_COUNTS, die_coordinates, label_key
 
@@ -60,6 +60,9 @@ class SynthConfig:
     median_side: float = 33.0  # dies across; WM-811K's median
     background_clumping: float = 0.0  # largest log-scale of a clumped background (0: independent dies, the default)
     loc_area_dies: float = 24.0  # median area of a Loc blob in dies (lognormal, sigma 0.7); 0: a share of the wafer
+    background_area_exponent: float = 1.0  # background rate scales as (dies on a 27 x 27 grid / dies)^this (0: one rate on every grid)
+    edge_fail_extra: float = 0.11  # median extra fail chance of the outermost die ring (0: the old smooth r^6 rise)
+    scratch_width_dies: float = 1.4  # median width of a scratch in dies (0: the old 1.7 to 2.4-die band)
     seed: int = 0
 
 
@@ -144,7 +147,9 @@ def _draw_scratch(rng: np.random.Generator, lot: dict) -> dict:
         on_wafer = float((np.hypot(*scratch_points(g).T) <= 0.97).mean())
         if on_wafer >= 0.8:
             break
-    return g | {"width_dies": float(rng.uniform(0.7, 1.4)), "on_wafer": on_wafer,
+    u = float(rng.uniform(0.7, 1.4))
+    width = u / 1.05 * lot["scratch_width_dies"] if lot.get("scratch_width_dies", 0.0) > 0 else u + 1.0
+    return g | {"width_dies": width, "on_wafer": on_wafer,
                 "density": float(rng.uniform(0.75, 1.0))}
 
 
@@ -184,7 +189,7 @@ def pattern_field(g: dict, x: np.ndarray, y: np.ndarray, height: int, width: int
     if name == "Scratch":
         pts = scratch_points(g)
         d = np.min(np.hypot(x[..., None] - pts[:, 0], y[..., None] - pts[:, 1]), axis=-1)
-        half = g["width_dies"] * soft / 2.0 + soft / 2.0
+        half = g["width_dies"] * soft / 2.0  # dies whose centre is within half the width of the line
         return dens * (d <= half)
     if name in ("Random", "Near-full"):
         return np.full_like(r, dens)
@@ -200,20 +205,35 @@ def background_clumps(height: int, width: int, on_wafer: np.ndarray, scale: floa
     return np.exp(scale * z - scale**2 / 2)
 
 
+def edge_distance(on_wafer: np.ndarray) -> np.ndarray:
+    """Dies (chessboard steps) from each on-wafer die to the nearest off-wafer cell, minus one: 0 on the outermost ring."""
+    return distance_transform_cdt(np.pad(on_wafer, 1), metric="chessboard")[1:-1, 1:-1] - 1
+
+
 def render_map(height: int, width: int, patterns: list[dict], bg_rate: float, rng: np.random.Generator,
-               clumping: float = 0.0) -> np.ndarray:
+               clumping: float = 0.0, edge_extra: float = 0.0) -> np.ndarray:
     """Sample a wafer map (H, W) uint8 in {0, 1, 2} from a background rate and pattern geometries.
 
     Real background failures are spatially clumped (particles, local process spots): with `clumping` > 0 each
     map draws a scale s uniformly in [0, clumping] and the background rate varies as :func:`background_clumps`.
-    With 0 every die fails independently (and no random number is drawn for it)."""
+    With 0 every die fails independently (and no random number is drawn for it).
+
+    Towards the edge: with `edge_extra` > 0 the background is flat inside and the outermost die ring fails
+    with an extra chance drawn per map (log-normal about `edge_extra`), the ring inside it with 0.15 of that,
+    as on real WM-811K maps (defect-free: outermost ring 2x the inside rate on 27-die grids, 4 to 6x on
+    large ones, an extra of about 0.11 on every grid). With 0 the rate rises smoothly as 1 + 1.5 r^6."""
     x, y = die_coordinates(height, width)
     r = np.hypot(x, y)
     on_wafer = r <= 1.0
     rate = np.full((height, width), bg_rate)
     if clumping > 0:
         rate = rate * background_clumps(height, width, on_wafer, float(rng.uniform(0.0, clumping)), rng)
-    p_ok = np.clip(1.0 - rate * (1.0 + 1.5 * r**6), 0.0, 1.0)  # background fails rise towards the edge
+    if edge_extra > 0:
+        extra = float(np.clip(rng.lognormal(np.log(edge_extra), 0.5), 0.0, 0.6))
+        d = edge_distance(on_wafer)
+        p_ok = np.clip(1.0 - rate, 0.0, 1.0) * (1.0 - extra * ((d == 0) + 0.15 * (d == 1)))
+    else:
+        p_ok = np.clip(1.0 - rate * (1.0 + 1.5 * r**6), 0.0, 1.0)  # background fails rise towards the edge
     for g in patterns:
         p_ok = p_ok * (1.0 - pattern_field(g, x, y, height, width))
     fails = rng.random((height, width)) >= p_ok
@@ -253,7 +273,19 @@ def _new_lot(rng: np.random.Generator, probs: dict[str, float], cfg: SynthConfig
         "dominant": str(rng.choice(names, p=np.array(list(probs.values())))),
         "angle": float(rng.uniform(0, 360)), "scratch_heading": float(rng.uniform(0, 360)),
         "size": int(rng.integers(cfg.lot_size_min, cfg.lot_size_max + 1)),
-    } | {"die": 2.0 / side, "loc_area_dies": cfg.loc_area_dies}
+    } | {"die": 2.0 / side, "loc_area_dies": cfg.loc_area_dies, "scratch_width_dies": cfg.scratch_width_dies}
+
+
+def area_factor(height: int, width: int, exponent: float) -> float:
+    """Background scale of a grid: (dies on a 27 x 27 grid, WM-811K's commonest / dies on this one) ** exponent.
+
+    Smaller dies fail less often (Poisson yield: a die's fail chance grows with its area), so a wafer with
+    more dies has a lower background: on real defect-free WM-811K maps the inside fail rate is about 0.135
+    at 520 dies, 0.056 at 1,000, 0.028 at 1,800 and 0.018 at 3,200 (an exponent near 1.1)."""
+    if exponent == 0:
+        return 1.0
+    dies = lambda h, w: int((np.hypot(*die_coordinates(h, w)) <= 1.0).sum())
+    return float((dies(27, 27) / max(dies(height, width), 1)) ** exponent)
 
 
 def generate(cfg: SynthConfig) -> pd.DataFrame:
@@ -266,12 +298,13 @@ def generate(cfg: SynthConfig) -> pd.DataFrame:
             lot_no += 1
             lot = _new_lot(rng, probs, cfg)
             lot["left"] = lot["size"]
+            lot["area_factor"] = area_factor(lot["height"], lot["width"], cfg.background_area_exponent)
         lot["left"] -= 1
         labels = _draw_labels(rng, probs, lot["dominant"], cfg)
         geoms = [_draw_pattern(n, rng, lot) for n in labels if n != NONE_LABEL]
         factor = min(BACKGROUND_FACTOR[n] for n in labels)
-        bg = float(np.clip(lot["bg"] * factor * rng.lognormal(0.0, 0.35), 0.005, 0.35))
-        wmap = render_map(lot["height"], lot["width"], geoms, bg, rng, cfg.background_clumping)
+        bg = float(np.clip(lot["bg"] * lot["area_factor"] * factor * rng.lognormal(0.0, 0.35), 0.005, 0.35))
+        wmap = render_map(lot["height"], lot["width"], geoms, bg, rng, cfg.background_clumping, cfg.edge_fail_extra)
         rows.append({
             "id": f"syn-{cfg.seed}-{i:06d}", "source": "synthetic", "lot": f"synlot{lot_no:05d}",
             "wafer_index": lot["size"] - lot["left"], "wafer_map": wmap,
