@@ -5,6 +5,7 @@ import json
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -354,3 +355,24 @@ def test_step_timer_counts_batch_loading_in_each_step(base, vqa_ds, tmp_path):
     trainer = sft.build_trainer(cfg, train, None, [timer.callback], processor, SlowCollator(collator))
     trainer.train()
     assert len(timer.times) == 3 and all(t >= 0.2 for t in timer.times), timer.times
+
+
+def test_extra_seeing_maps_are_drawn_with_the_runs_generator_settings(maps, tmp_path):
+    """Stage 01 records its generator settings; the base's extra maps take them (its own size, seed, mix and
+    label noise aside): the recipe's defaults give the very maps the defaults gave, another setting other maps."""
+    cfg = synth.SynthConfig(n_wafers=4500, seed=7, mixed_fraction=0.05, label_noise=0.1)  # the recipe's shape
+    synth.write_config(cfg, tmp_path / "generator.json")
+    recorded = synth.read_config(tmp_path / "generator.json")
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(a["wafer_map"], b["wafer_map"]))
+    plain = models.pretraining_maps(maps, extra_maps=6, seed=0)
+    assert same(models.pretraining_maps(maps, extra_maps=6, seed=0, generator=recorded), plain)
+    old = models.pretraining_maps(maps, extra_maps=6, seed=0, generator=recorded | {"scratch_width_dies": 0.0,
+                                                                                   "background_area_exponent": 0.0})
+    assert len(old) == len(plain) and not same(old, plain)
+    with pytest.raises(ValueError, match="not SynthConfig fields"):
+        models.pretraining_maps(maps, extra_maps=2, seed=0, generator={"bogus": 1})
+    synth.write_config(None, tmp_path / "generator.json")  # a real-data run leaves no stale record
+    assert synth.read_config(tmp_path / "generator.json") is None
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="bad.json: expected an object"):
+        synth.read_config(tmp_path / "bad.json")

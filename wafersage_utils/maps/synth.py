@@ -317,3 +317,32 @@ def generate(cfg: SynthConfig) -> pd.DataFrame:
         rows[j]["labels"] = _noisy_labels(rows[j]["labels_true"], rng)
     log.info("generated %d synthetic maps in %d lots (%d noisy labels)", cfg.n_wafers, lot_no + 1, n_noisy)
     return pd.DataFrame(rows)
+
+
+def write_config(cfg: SynthConfig | None, path) -> None:
+    """Record the settings a run's maps were drawn with (`data/generator.json`), or remove a stale record when the
+    run's maps are real (None). Stage 05 draws the tiny base's extra seeing maps with the same settings."""
+    from dataclasses import asdict
+    from pathlib import Path
+    path = Path(path)
+    if cfg is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(asdict(cfg), indent=1))
+    tmp.replace(path)
+
+
+def read_config(path) -> dict | None:
+    """The settings :func:`write_config` recorded, or None where there are none (a run on real maps)."""
+    from pathlib import Path
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        out = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not the JSON stage 01 writes ({e}); rerun stage 01") from None
+    if not isinstance(out, dict):
+        raise ValueError(f"{path}: expected an object of generator settings, got {type(out).__name__}; rerun stage 01")
+    return out

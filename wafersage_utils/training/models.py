@@ -103,13 +103,27 @@ def caption(f: dict, rng) -> str:
     return _SIZES.sub("", " ".join(spatial_sentences(f, rng)))
 
 
-def pretraining_maps(maps: pd.DataFrame, extra_maps: int, seed: int) -> pd.DataFrame:
+#: Generator settings a run's extra seeing maps take from its stage 01 (data/generator.json); the rest are fixed.
+_PRETRAIN_OWN = {"n_wafers", "seed", "mixed_fraction", "label_noise"}
+
+
+def pretraining_maps(maps: pd.DataFrame, extra_maps: int, seed: int, generator: dict | None = None) -> pd.DataFrame:
     """The run's training-split maps plus `extra_maps` freshly generated ones (a generator seed no run uses),
-    so that the base sees more pictures than the run samples; never a validation or test map."""
+    so that the base sees more pictures than the run samples; never a validation or test map.
+
+    `generator`: the SynthConfig fields stage 01 drew the run's maps with (its `data/generator.json`); the extra
+    maps take their realism settings from it (background, Loc size, scratch width, grid sizes...), so a run that
+    changes the generator pre-trains on the same kind of map. None (a real-data run): the generator's defaults."""
     train = maps.loc[maps["split"] == "train", ["id", "wafer_map"]]
     if extra_maps <= 0:
         return train.reset_index(drop=True)
-    extra = generate(SynthConfig(n_wafers=extra_maps, seed=10_000 + seed, mixed_fraction=0.1, label_noise=0.0))
+    known = {f.name for f in fields(SynthConfig)}
+    unknown = set(generator or {}) - known
+    if unknown:
+        raise ValueError(f"generator settings {sorted(unknown)}: not SynthConfig fields (expected some of {sorted(known)})")
+    carried = {k: v for k, v in (generator or {}).items() if k not in _PRETRAIN_OWN}
+    extra = generate(SynthConfig(**carried | {"n_wafers": extra_maps, "seed": 10_000 + seed, "mixed_fraction": 0.1,
+                                               "label_noise": 0.0}))
     extra = extra.assign(id=[f"pretrain-{i}" for i in range(len(extra))])[["id", "wafer_map"]]
     return pd.concat([train, extra], ignore_index=True)
 
@@ -136,10 +150,10 @@ def visual_questions(f: dict, rng) -> list[tuple[str, str]]:
 
 
 def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, extra_maps: int = 0,
-                   questions_per_map: int = 2):
+                   questions_per_map: int = 2, generator: dict | None = None):
     """(images, texts, prompts) for pre-training: each training-split map (and generated extra) captioned with
     the spatial facts, and asked up to `questions_per_map` generic visual questions; never a class or a cause."""
-    pool = pretraining_maps(maps, extra_maps, seed)
+    pool = pretraining_maps(maps, extra_maps, seed, generator)
     if max_maps and len(pool) > max_maps:
         pool = pool.sample(n=max_maps, random_state=seed).reset_index(drop=True)
     images, captions, prompts = [], [], []
@@ -250,11 +264,12 @@ def _cuda() -> bool:
 
 
 def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: PretrainSettings, seed: int,
-                    n_threads: int = 2, cache_dir: str = "") -> tuple[Path, dict]:
+                    n_threads: int = 2, cache_dir: str = "", generator: dict | None = None) -> tuple[Path, dict]:
     """The pre-trained tiny base model folder (built, or found in the cache) and its factory record.
-    `texts`: the run's training-split text (tokenizer and text-only language modelling)."""
+    `texts`: the run's training-split text (tokenizer and text-only language modelling); `generator`: the run's
+    stage 01 generator settings, for the extra seeing maps (:func:`pretraining_maps`)."""
     images, captions, prompts = caption_corpus(maps, settings.image_size, seed, settings.max_maps,
-                                               settings.extra_maps, settings.questions_per_map)
+                                               settings.extra_maps, settings.questions_per_map, generator)
     if not images:
         raise ValueError("the tiny base needs training-split maps to caption; stage 01 assigned none to 'train'")
     lm_texts = list(texts)
