@@ -67,34 +67,44 @@ def _generated_rows(n=120, **generator):
     return rows
 
 
-#: The generator's settings before 2026-12-01 (see the strict xfails below for what today's maps expose).
-PREVIOUS_GENERATOR = {"background_area_exponent": 0.0, "edge_fail_extra": 0.0, "scratch_width_dies": 0.0}
-
-
 def test_rules_rubric_scores_its_reference_high_and_other_patterns_low():
-    _check_own_and_other_scores(_generated_rows(**PREVIOUS_GENERATOR))
-
-
-@pytest.mark.xfail(strict=True, reason="known defect, open (2026-12-01): see the two tests below; on today's maps "
-                   "a few references score 0.56-0.76 on their own rubric (strict: the xfail must go once fixed)")
-def test_rules_rubric_scores_its_reference_high_on_todays_maps():
     _check_own_and_other_scores(_generated_rows())
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, open (2026-12-01): a root cause's name is read as a place "
-                   "('edge bead removal fault reaching inwards' violates a spatial must-avoid 'edge')")
 def test_a_root_cause_named_in_the_answer_is_not_a_place_claim():
     answer = ("Clustered failures lie at the center and mid-radius. The edge zone is clear of clustered failures. "
               "The donut pattern may indicate edge bead removal fault reaching inwards.")
     rubric = {"spatial": {"must_hit": ["center", "mid-radius"], "must_avoid": ["edge"]},
               "root_cause": {"must_hit": ["edge bead removal fault reaching inwards"], "must_avoid": []}}
-    assert rule_score(answer, rubric)["dimensions"]["spatial"]["violations"] == []
+    s = rule_score(answer, rubric)["dimensions"]
+    assert s["spatial"]["violations"] == [] and s["root_cause"]["hits"] == ["edge bead removal fault reaching inwards"]
+    # the same words as a place claim still count, and a cause the rubric does not know is not masked
+    placed = answer.replace("The edge zone is clear of clustered failures.", "Failures also reach the edge.")
+    assert rule_score(placed, rubric)["dimensions"]["spatial"]["violations"] == ["edge"]
+    assert rule_score(answer, {"spatial": rubric["spatial"]})["dimensions"]["spatial"]["violations"] == ["edge"]
 
 
-@pytest.mark.xfail(strict=True, reason="known defect, open (2026-12-01): fuzzy matching finds the shape 'ring' in "
-                   "'during' (rapidfuzz ratio 0.8, the threshold)")
+def test_a_shape_inside_a_cause_is_not_a_shape_claim():
+    rubric = {"morphology": {"must_hit": ["blob"], "must_avoid": ["ring"]},
+              "root_cause": {"must_hit": [], "must_avoid": ["clamp ring contact"]}}
+    s = rule_score("A compact blob. Clamp-ring contact is unlikely.", rubric)["dimensions"]["morphology"]
+    assert s["violations"] == [] and s["hits"] == ["blob"]
+
+
+def test_mask_phrases_keeps_the_rest_of_the_answer():
+    from wafersage_utils.corpus.scoring import mask_phrases
+    text = "Failures at 3 o'clock; likely an Edge-Bead Removal faults, or a chuck."
+    assert mask_phrases(text, ["edge bead removal fault"], 0.8) == "Failures at 3 o'clock; likely an cause, or a chuck."
+    assert mask_phrases(text, ["spin coat"], 0.8) == text
+    assert mask_phrases("An edge non-uniformity in plasma etch.", ["etch", "edge non-uniformity in plasma etch"],
+                        0.8) == "An cause."  # the longer phrase first, not 'etch' alone
+
+
 def test_ring_is_not_found_in_during():
     assert term_match("ring", "A thin line; robot end-effector contact during handling.") < 0.8
+    assert term_match("ring", "A thin rings of failures.") >= 0.8  # spelling variants keep their first letter
+    assert term_match("center", "A blob at the centre.") >= 0.8
+    assert term_match("crosshatch", "a cross hatch texture") >= 0.8  # a one-word term over two words
 
 
 def _check_own_and_other_scores(rows):

@@ -31,19 +31,6 @@ def pairs(small_synth):
     return _pairs(small_synth)
 
 
-@pytest.fixture(scope="module")
-def pairs_previous_generator():
-    """The same, on maps of the generator before 2026-12-01 (one background level on every grid, a smooth rise
-    to the edge, 2-die scratches): see the strict xfail below for what today's maps expose."""
-    from wafersage_utils.maps import synth
-    return _pairs(synth.generate(synth.SynthConfig(n_wafers=600, seed=7, mixed_fraction=0.0, label_noise=0.1,
-                                                   **PREVIOUS_GENERATOR)))
-
-
-#: The generator's settings before 2026-12-01, which the self-consistency checks below still pass on.
-PREVIOUS_GENERATOR = {"background_area_exponent": 0.0, "edge_fail_extra": 0.0, "scratch_width_dies": 0.0}
-
-
 def test_no_question_outside_consistency_checks_names_a_pattern(pairs):
     assert not [t.text for t in vqa.TEMPLATES if vqa.names_a_pattern(t.text)]
     qs = [(p["category"], p["question"]) for _, _, ps in pairs for p in ps]
@@ -57,18 +44,24 @@ def _own_rubric_failures(pairs):
     return [(p["template"], vqa.self_check(p, 0.9)) for p in kept if vqa.self_check(p, 0.9)]
 
 
-def test_every_reference_answer_passes_its_own_rubric(pairs_previous_generator):
-    failures = _own_rubric_failures(pairs_previous_generator)
-    assert not failures, failures[:5]
-
-
-@pytest.mark.xfail(strict=True, reason="known defect, open (2026-12-01): on today's generator's maps a few kept "
-                   "references fail their own spatial rubric: an answer that leaves out the main region's sentence "
-                   "while the rubric asks for its clock positions; fix it, then this passes (strict: the xfail "
-                   "must then go)")
-def test_every_reference_answer_passes_its_own_rubric_on_todays_maps(pairs):
+def test_every_reference_answer_passes_its_own_rubric(pairs):
     failures = _own_rubric_failures(pairs)
     assert not failures, failures[:5]
+
+
+def test_a_repair_drops_the_terms_only_the_left_out_sentence_stated(pairs):
+    """A Center map whose main region lies elsewhere: the repair leaves its sentence out, and its clock
+    positions go from the rubric with it; what the kept sentences state stays asked for."""
+    repaired = [p for _, _, ps in pairs for p in ps if p["reference_repaired"] and p["premise"] is None]
+    assert repaired
+    from wafersage_utils.corpus.scoring import term_found
+    for p in repaired:
+        for t in p["terms"].values():
+            assert all(term_found(x, p["answer"], 0.8) for x in t["must_hit"] if "o'clock" in x), (p["answer"], t)
+    before = {"spatial": {"must_hit": ["center", "2 o'clock"], "must_avoid": ["edge"]}}
+    kept = vqa._without_repaired_terms(before, "Failures lie at the center. The main region is at 2 o'clock.",
+                                       "Failures lie at the center.")
+    assert kept == {"spatial": {"must_hit": ["center"], "must_avoid": ["edge"]}}
 
 
 def test_references_are_repaired_to_agree_with_their_labels(pairs):

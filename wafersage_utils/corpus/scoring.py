@@ -13,8 +13,11 @@ ring, line, arc) the morphology terms do not name. (Clock positions are not impl
 main region's positions only, and an answer may rightly place a second region elsewhere.) A term is found when a
 run of whole words in a clause of the answer matches it (rapidfuzz ratio at or above the threshold) and that clause does
 not negate it: "no scratch" or "not at the center" is not a hit for "scratch" or "center", and a negated
-must-avoid term is not a violation. Stages 03 (rubric checks), 06 (RL reward) and 07 (evaluation) share
-this one implementation.
+must-avoid term is not a violation. A one-word term is found only in a word of its first letter (so
+'centre' is 'center' and 'scratches' 'scratch', but 'during' is not 'ring'). Spatial and morphology are scored
+with the rubric's root-cause phrases masked (:func:`dimension_texts`): "edge bead removal fault" names a
+process, not a place, and "clamp ring contact" is not a ring. Stages 03 (rubric checks), 04 (the reference
+gate), 06 (RL reward) and 07 (evaluation) share this one implementation.
 """
 from __future__ import annotations
 
@@ -154,6 +157,8 @@ def term_match(term: str, answer: str, stop_at: float = 1.0) -> float:
         for n in {max(1, k - 1), k, k + 1}:
             for i in range(0, len(words) - n + 1):
                 window = words[i: i + n]
+                if k == 1 and window[0][0] != needle[0]:  # one word: spelling variants keep the first letter
+                    continue
                 if numbers and [w for w in window if w.isdigit()] != numbers:
                     continue
                 r = fuzz.ratio(needle, " ".join(window)) / 100.0
@@ -222,12 +227,63 @@ def implied_violations(answer: str, dim: str, must_hit: list[str], must_avoid: l
     return out
 
 
+_WORD = re.compile(r"[^\W_]+")  # the words default_process keeps: runs of letters and digits
+_SENTENCE_BREAK = re.compile(r"[.;:!?\n]")
+CAUSE_MASK = "cause"  # what a masked root-cause phrase reads as: no zone, shape, clock or negation
+
+
+def mask_phrases(answer: str, phrases: list[str], threshold: float) -> str:
+    """The answer with every run of whole words that matches one of `phrases` (rapidfuzz ratio / 100 at or
+    above `threshold`, within a sentence part; the longest phrases first, so 'edge non-uniformity in plasma
+    etch' goes whole before 'etch'; one-word phrases only in a word of their first letter) replaced by
+    :data:`CAUSE_MASK`; punctuation, and so clauses, stay. An answer that does not come near a
+    phrase (partial ratio below the threshold) is not scanned word by word."""
+    low = default_process(answer)
+    needles = sorted({n for n in map(default_process, phrases) if n}, key=len, reverse=True)
+    needles = [n for n in needles if fuzz.partial_ratio(n, low) >= 100 * threshold]
+    if not needles:
+        return answer
+    words = [(m.start(), m.end(), m.group(0).lower()) for m in _WORD.finditer(answer)]
+    found = []  # every window that matches a phrase, inside one sentence part
+    for needle in needles:
+        k = len(needle.split())
+        for n in {max(1, k - 1), k, k + 1}:
+            for i in range(len(words) - n + 1):
+                if k == 1 and words[i][2][0] != needle[0]:
+                    continue
+                if _SENTENCE_BREAK.search(answer, words[i][0], words[i + n - 1][1]):
+                    continue
+                r = fuzz.ratio(needle, " ".join(w for _, _, w in words[i: i + n])) / 100.0
+                if r >= threshold:
+                    found.append((-len(needle), -r, n, i))
+    taken = [False] * len(words)
+    spans = []
+    for _, _, n, i in sorted(found):  # the longest phrases first; of one phrase the best window, then the shortest
+        if not any(taken[i: i + n]):
+            taken[i: i + n] = [True] * n
+            spans.append((words[i][0], words[i + n - 1][1]))
+    for a, b in sorted(spans, reverse=True):
+        answer = answer[:a] + CAUSE_MASK + answer[b:]
+    return answer
+
+
+def dimension_texts(answer: str, rubric: dict[str, dict], threshold: float) -> dict[str, str]:
+    """The text each dimension of `rubric` is scored on: root cause the answer itself; spatial and morphology
+    the answer with the rubric's root-cause phrases (must-hit and must-avoid) masked, so that a cause's name
+    is not read as a place or a shape claim."""
+    causes = [t for k in ("must_hit", "must_avoid") for t in rubric.get("root_cause", {}).get(k, [])]
+    masked = mask_phrases(answer, causes, threshold) if causes else answer
+    return {d: (answer if d == "root_cause" else masked) for d in DIMENSIONS if d in rubric}
+
+
 def rule_score(answer: str, rubric: dict[str, dict], p: RuleParams = RuleParams()) -> dict:
     """Overall score S and per-dimension scores; rubric maps dimension -> {must_hit, must_avoid}.
 
-    Dimensions absent from the rubric are left out and the weights of the others renormalised.
+    Dimensions absent from the rubric are left out and the weights of the others renormalised; spatial and
+    morphology are scored with the rubric's root-cause phrases masked (:func:`dimension_texts`).
     """
-    dims = {d: dimension_score(answer, rubric[d].get("must_hit", []), rubric[d].get("must_avoid", []), p, d)
+    texts = dimension_texts(answer, rubric, p.threshold)
+    dims = {d: dimension_score(texts[d], rubric[d].get("must_hit", []), rubric[d].get("must_avoid", []), p, d)
             for d in DIMENSIONS if d in rubric}
     if not dims:
         raise ValueError(f"rubric has none of the dimensions {DIMENSIONS}")

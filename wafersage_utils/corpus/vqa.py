@@ -34,7 +34,7 @@ from .claims import PATTERN_WORDS
 from .consistency import repair
 from .describe import PATTERN_NAMES, clock_phrase, with_article
 from .rubric import Rubric, split_terms
-from .scoring import PAPER, RuleParams, dimension_score
+from .scoring import PAPER, RuleParams, dimension_score, dimension_texts, term_found
 
 CATEGORIES = ("defect_type", "spatial", "morphology", "root_cause", "consistency")
 LEVELS = ("easy", "medium", "hard")
@@ -304,10 +304,26 @@ def wafer_pairs(wafer_id: str, labels: list[str], hard_map: bool, f: dict, desc:
                     "difficulty": difficulty(t.level, hard)})
     for k, p in enumerate(out):
         # the source fix: a sentence that contradicts the label or the map is said right or left out
+        before = p["answer"]
         p["answer"], fixed, left = repair(p["answer"], labels, f, p["category"])
+        if fixed and p["premise"] is None:
+            p["terms"] = _without_repaired_terms(p["terms"], before, p["answer"])
         p["reference_repaired"], p["reference_problem"] = ",".join(fixed), ",".join(left)
         p["reasoning_answer"] = f"<REASONING>{_observations(f)}</REASONING>\n<SOLUTION>{p['answer']}</SOLUTION>"
         p["qa_index"] = k
+    return out
+
+
+def _without_repaired_terms(terms: dict, before: str, after: str) -> dict:
+    """A repaired pair's terms without the must-hit terms only the sentences the repair changed or left out
+    stated (found in the answer before the repair, not after): the rubric took them from the same facts that
+    contradict the label (a Center map's main region placed elsewhere and its clock positions, a donut read
+    as a compact blob), so a correct answer need not say them."""
+    threshold = RuleParams().threshold
+    out = {}
+    for dim, t in terms.items():
+        gone = [x for x in t["must_hit"] if term_found(x, before, threshold) and not term_found(x, after, threshold)]
+        out[dim] = {"must_hit": [x for x in t["must_hit"] if x not in gone], "must_avoid": list(t["must_avoid"])}
     return out
 
 
@@ -316,8 +332,9 @@ def self_check(pair: dict, min_score: float, params: RuleParams = PAPER) -> str:
     least min_score and no must-avoid term may appear. The gate scores with the paper's combination (listed
     terms, H saturating at two thirds), as every reference run's corpus was built; stage 07 counts the
     references that contradict their label or map (`corpus/consistency.py`)."""
+    texts = dimension_texts(pair["answer"], pair["terms"], params.threshold)
     for dim, terms in pair["terms"].items():
-        s = dimension_score(pair["answer"], terms["must_hit"], terms["must_avoid"], params)
+        s = dimension_score(texts[dim], terms["must_hit"], terms["must_avoid"], params)
         if s["violations"]:
             return f"answer contains a must-avoid term ({dim}: {s['violations'][0]})"
         if s["D"] < min_score:

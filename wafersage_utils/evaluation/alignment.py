@@ -19,21 +19,23 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..corpus.rubric import rubric_of
-from ..corpus.scoring import DIMENSIONS, RuleParams, combine, implied_violations, term_match
+from ..corpus.scoring import DIMENSIONS, RuleParams, combine, dimension_texts, implied_violations, term_match
 from .answers import solution_text
 
 
 def match_table(answers, terms) -> list[dict]:
     """Per answer and rubric dimension: the best non-negated fuzzy match (0 to 1) of each must-hit and
     must-avoid term, computed once for every threshold a search will try, and the number of implied
-    violations (which no threshold changes)."""
+    violations (which no threshold changes). Root-cause phrases are masked for spatial and morphology at
+    the recipe's threshold (`scoring.dimension_texts`), whatever threshold a search then tries."""
     out = []
     for a, t in zip(answers, terms):
         text = solution_text(a or "")
         rub = rubric_of(t)
-        out.append({d: (np.array([term_match(x, text) for x in rub[d].get("must_hit", [])], float),
-                        np.array([term_match(x, text) for x in rub[d].get("must_avoid", [])], float),
-                        len(implied_violations(text, d, rub[d].get("must_hit", []), rub[d].get("must_avoid", []))))
+        texts = dimension_texts(text, rub, RuleParams().threshold)
+        out.append({d: (np.array([term_match(x, texts[d]) for x in rub[d].get("must_hit", [])], float),
+                        np.array([term_match(x, texts[d]) for x in rub[d].get("must_avoid", [])], float),
+                        len(implied_violations(texts[d], d, rub[d].get("must_hit", []), rub[d].get("must_avoid", []))))
                     for d in DIMENSIONS if d in rub})
     return out
 
