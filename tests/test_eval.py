@@ -12,6 +12,7 @@ from wafersage_utils.chat import llm
 from wafersage_utils.corpus.knowledge import load_knowledge
 from wafersage_utils.corpus.scoring import RuleParams, rule_score, term_match
 from wafersage_utils.evaluation import alignment, classification, judge, taxonomy
+from wafersage_utils.maps.conventions import label_key
 
 RUBRIC = {"spatial": {"must_hit": ["center"], "must_avoid": ["edge"]},
           "morphology": {"must_hit": ["round blob"], "must_avoid": []}}
@@ -182,6 +183,51 @@ def test_type_table_intervals_bracket_the_estimate_and_names_are_kept():
     assert m["sft/type_macro_f1_ci_low"] <= m["sft/type_macro_f1"] <= m["sft/type_macro_f1_ci_high"]
     assert list(table.index) == ["sft", "majority"]
     assert classification.labels_of_key("Center+Loc") == ["Center", "Loc"] and classification.labels_of_key(float("nan")) == []
+
+
+def _interval_by_drawing_each_time(wafer_ids, statistic, n_resamples, seed=0, strata=None):
+    """wafer_interval as it was before the draws were shared (2026-12-02): the reference for the faster one."""
+    codes, uniq = pd.factorize(pd.Series(list(wafer_ids)), sort=True)
+    if len(uniq) < 2:
+        codes = np.arange(len(codes))
+    order = np.argsort(codes, kind="stable")
+    groups = np.split(order, np.cumsum(np.bincount(codes))[:-1])
+    if strata is None:
+        pools = [np.arange(len(groups))]
+    else:
+        of_wafer = pd.Series(list(strata)).astype(str).to_numpy()[[g[0] for g in groups]]
+        pools = [np.flatnonzero(of_wafer == v) for v in np.unique(of_wafer)]
+    rng = np.random.default_rng(seed)
+    boot = np.array([statistic(np.concatenate([groups[i] for pool in pools for i in pool[rng.integers(0, len(pool), len(pool))]]))
+                     for _ in range(n_resamples)], float)
+    boot = boot[np.isfinite(boot)]
+    return float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
+
+
+def test_shared_draws_and_counted_f1_give_the_intervals_of_drawing_each_time():
+    """The type table draws its resamples once and counts F1 from binarised labels; every interval must be
+    what drawing anew for each measure and calling sklearn on each resample gave (several questions per wafer,
+    mixed wafers, labels nobody predicts)."""
+    rng = np.random.default_rng(3)
+    vocab = ["Center", "Loc", "Scratch", "none", "Donut"]
+    wafers = [f"w{i}" for i in rng.integers(0, 60, 150)]
+    labels = [list(rng.choice(vocab, size=int(rng.integers(1, 3)), replace=False)) for _ in wafers]
+    labels = [["none"] if "none" in x else x for x in labels]
+    pred = [x if rng.random() < 0.6 else [str(rng.choice(vocab[:3]))] for x in labels]
+    _, m = classification.type_table(pd.DataFrame({"wafer_id": wafers, "labels": labels}), {"sft": pred}, n_resamples=150, seed=4)
+    keys = [label_key(x) for x in labels]
+    f1 = _interval_by_drawing_each_time(wafers, lambda idx: classification.macro_f1([labels[i] for i in idx], [pred[i] for i in idx]),
+                                        150, seed=4, strata=keys)
+    pf1 = _interval_by_drawing_each_time(wafers, lambda idx: classification.pattern_macro_f1([labels[i] for i in idx], [pred[i] for i in idx]),
+                                         150, seed=4, strata=keys)
+    right = classification.exact_matches(labels, pred).astype(float)
+    exact = _interval_by_drawing_each_time(wafers, lambda idx: right[idx].mean(), 150, seed=4)
+    assert (m["sft/type_macro_f1_ci_low"], m["sft/type_macro_f1_ci_high"]) == pytest.approx(f1, abs=1e-12)
+    assert (m["sft/type_pattern_macro_f1_ci_low"], m["sft/type_pattern_macro_f1_ci_high"]) == pytest.approx(pf1, abs=1e-12)
+    assert (m["sft/type_exact_match_ci_low"], m["sft/type_exact_match_ci_high"]) == pytest.approx(exact, abs=1e-12)
+    one = ["a"] * 5  # a single wafer: its rows are resampled each on its own, as before
+    assert classification.wafer_interval(one, lambda idx: float(np.mean(idx)), 50, seed=1) == \
+        pytest.approx(_interval_by_drawing_each_time(one, lambda idx: float(np.mean(idx)), 50, seed=1), abs=1e-12)
 
 
 def test_type_table_adds_exact_match_and_pattern_f1_where_wafers_are_mixed():

@@ -79,8 +79,48 @@ def confusion(true: list[list[str]], pred: list[list[str]]) -> pd.DataFrame:
     return pd.crosstab(df["true"], df["answered"]).reindex(index=idx, columns=cols, fill_value=0)
 
 
+def wafer_resamples(wafer_ids, n_resamples: int = 1000, seed: int = 0, strata=None) -> list[np.ndarray]:
+    """The row indices of each resample of :func:`wafer_interval` (the same draws for the same arguments, so
+    that several predictors or measures on the same rows share them instead of drawing them again).
+
+    Each resample draws wafers with replacement (within each stratum, where `strata` gives one value per row)
+    and lists the rows of every drawn wafer, in draw order. A single wafer cannot be resampled: its rows are,
+    each on its own. No row at all: no resample."""
+    codes, uniq = pd.factorize(pd.Series(list(wafer_ids)), sort=True)
+    if not len(codes):
+        return []
+    if len(uniq) < 2:
+        codes = np.arange(len(codes))
+    order = np.argsort(codes, kind="stable")  # rows grouped by wafer: wafer w's rows are order[start[w]:][:size[w]]
+    size = np.bincount(codes)
+    start = np.cumsum(size) - size
+    if strata is None:
+        pools = [np.arange(len(size))]
+    else:
+        of_wafer = pd.Series(list(strata)).astype(str).to_numpy()[order[start]]
+        pools = [np.flatnonzero(of_wafer == v) for v in np.unique(of_wafer)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_resamples):
+        drawn = np.concatenate([pool[rng.integers(0, len(pool), len(pool))] for pool in pools])
+        n = size[drawn]
+        offset = np.cumsum(n) - n  # where each drawn wafer's rows begin in the resample
+        out.append(order[np.repeat(start[drawn] - offset, n) + np.arange(n.sum())])
+    return out
+
+
+def percentile_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the finite values ((NaN, NaN) where none is)."""
+    boot = np.asarray(values, float)
+    boot = boot[np.isfinite(boot)]
+    if not len(boot):  # the statistic is undefined on every resample (no class to average, say)
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+
+
 def wafer_interval(wafer_ids, statistic, n_resamples: int = 1000, level: float = 0.95,
-                   seed: int = 0, strata=None) -> tuple[float, float]:
+                   seed: int = 0, strata=None, resamples: list[np.ndarray] | None = None) -> tuple[float, float]:
     """Percentile interval of `statistic(indices)` over resamples of whole wafers: each resample draws
     wafers with replacement and passes the row indices of all their questions. For statistics that are not
     means over questions (macro-F1); means use `stats.cluster_interval` (BCa).
@@ -90,29 +130,27 @@ def wafer_interval(wafer_ids, statistic, n_resamples: int = 1000, level: float =
     three wafers is absent from 5% of plain resamples, which then average over fewer classes.
 
     A single wafer cannot be resampled: its questions are, each on its own (as `stats.cluster_interval`
-    does). With no row at all the interval is undefined (NaN, NaN)."""
-    codes, uniq = pd.factorize(pd.Series(list(wafer_ids)), sort=True)
-    if not len(codes):
-        return float("nan"), float("nan")
-    if len(uniq) < 2:
-        codes = np.arange(len(codes))
-    order = np.argsort(codes, kind="stable")
-    groups = np.split(order, np.cumsum(np.bincount(codes))[:-1])
-    if strata is None:
-        pools = [np.arange(len(groups))]
-    else:
-        of_wafer = pd.Series(list(strata)).astype(str).to_numpy()[[g[0] for g in groups]]
-        pools = [np.flatnonzero(of_wafer == v) for v in np.unique(of_wafer)]
-    rng = np.random.default_rng(seed)
+    does). With no row at all the interval is undefined (NaN, NaN). `resamples`: the draws of
+    :func:`wafer_resamples` for these arguments, made once and shared."""
+    if resamples is None:
+        resamples = wafer_resamples(wafer_ids, n_resamples, seed, strata)
+    return percentile_interval([statistic(idx) for idx in resamples], level)
 
-    def draw() -> np.ndarray:
-        return np.concatenate([groups[i] for pool in pools for i in pool[rng.integers(0, len(pool), len(pool))]])
-    boot = np.array([statistic(draw()) for _ in range(n_resamples)], float)
-    boot = boot[np.isfinite(boot)]
-    if not len(boot):  # the statistic is undefined on every resample (no class to average, say)
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    return float(np.quantile(boot, a)), float(np.quantile(boot, 1 - a))
+
+def _macro_f1_counts(yt: np.ndarray, yp: np.ndarray, keep_labels: np.ndarray):
+    """A statistic over row indices: macro-F1 of binarised truth `yt` and prediction `yp` (rows x VOCAB) over
+    the labels in `keep_labels` that occur in the rows' truth: :func:`macro_f1` from counts (the same value:
+    F1 = 2 TP / (true + predicted) per label, sklearn's formula with zero_division 0)."""
+    yt, yp = yt.astype(bool), yp.astype(bool)
+
+    def statistic(idx: np.ndarray) -> float:
+        t, p = yt[idx], yp[idx]
+        true_n, pred_n, tp = t.sum(axis=0), p.sum(axis=0), (t & p).sum(axis=0)
+        keep = (true_n > 0) & keep_labels
+        if not keep.any():
+            return float("nan")
+        return float(np.mean(2 * tp[keep] / (true_n[keep] + pred_n[keep])))
+    return statistic
 
 
 def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_resamples: int = 1000,
@@ -132,6 +170,8 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
     wafers = list(types["wafer_id"])
     single = np.array([not is_mixed(t) for t in true], bool)
     keys = [label_key(t) for t in true]  # macro-F1 intervals resample within each label set (wafer_interval)
+    plain = wafer_resamples(wafers, n_resamples, seed)  # drawn once, shared by every predictor and measure
+    by_label = wafer_resamples(wafers, n_resamples, seed, strata=keys)
     for name, pred in predictions.items():
         if len(pred) != len(true):
             raise ValueError(f"{name}: {len(pred)} predictions for {len(true)} questions")
@@ -144,19 +184,18 @@ def type_table(types: pd.DataFrame, predictions: dict[str, list[list[str]]], n_r
             idx = idx[single[idx]]
             return right[idx].mean() if len(idx) else np.nan
 
-        def f1(idx, pred=pred):
-            return macro_f1([true[i] for i in idx], [pred[i] for i in idx])
         def exact(idx, right=right):
             return right[idx].mean() if len(idx) else np.nan
 
-        def pattern_f1(idx, pred=pred):
-            return pattern_macro_f1([true[i] for i in idx], [pred[i] for i in idx])
-        measures = [("type_accuracy", acc, c["accuracy"], None), ("type_macro_f1", f1, c["macro_f1"], keys)]
+        yt, yp = _binarised(true, pred)
+        f1 = _macro_f1_counts(yt, yp, np.ones(len(VOCAB), bool))
+        pattern_f1 = _macro_f1_counts(yt, yp, np.array([v != NONE_LABEL for v in VOCAB]))
+        measures = [("type_accuracy", acc, c["accuracy"], plain), ("type_macro_f1", f1, c["macro_f1"], by_label)]
         if not single.all():
-            measures += [("type_exact_match", exact, float(right.mean()), None),
-                         ("type_pattern_macro_f1", pattern_f1, pattern_macro_f1(true, pred), keys)]
-        for key, fn, value, strata in measures:
-            lo, hi = wafer_interval(wafers, fn, n_resamples, seed=seed, strata=strata)
+            measures += [("type_exact_match", exact, float(right.mean()), plain),
+                         ("type_pattern_macro_f1", pattern_f1, pattern_macro_f1(true, pred), by_label)]
+        for key, fn, value, draws in measures:
+            lo, hi = wafer_interval(wafers, fn, resamples=draws)
             metrics |= {f"{name}/{key}": value, f"{name}/{key}_ci_low": lo, f"{name}/{key}_ci_high": hi}
         metrics[f"{name}/type_accuracy_mixed"] = c["accuracy_mixed"]
         metrics |= {f"{name}/type_recall/{k.split('/')[1]}": v for k, v in c.items() if k.startswith("recall/")}
