@@ -213,6 +213,12 @@ def test_model_card_is_generated_from_the_run_metrics(typist, tmp_path):
     meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
     values = {r["name"]: r["value"] for r in meta["model-index"][0]["results"][0]["metrics"]}
     assert values == {"sft/type_accuracy": 0.9, "sft/type_exact_match": 0.85, "sft/type_pattern_macro_f1": 0.8}
+    # a defect-free bias chosen on validation (stage 05's calibrate_none): the card says where and what applies it
+    assert "sequence_bias" not in (folder / "README.md").read_text()
+    (run / "metrics" / "05_sft.json").write_text(json.dumps({"sft/none_bias": 1.75}))
+    model_info.document_export(run, folder)
+    card = (folder / "README.md").read_text()
+    assert "adds 1.75 to the logit of \"no\"" in card and "`sequence_bias`" in card
 
 
 def test_vocabulary_of_the_parser_covers_the_metadata_labels():

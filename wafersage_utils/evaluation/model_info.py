@@ -159,6 +159,11 @@ def model_card(info: ModelInfo, metrics: dict[str, dict], training: dict, which:
     trained = ", ".join(f"{k} {v}" for k, v in info.trained_on.items() if k != "run")
     settings = "\n".join(f"| {k} | {v} |" for k, v in training.items())
     q = info.question
+    bias = metrics.get("05_sft", {}).get("sft/none_bias") or 0.0  # RL starts from the SFT model and keeps its bias
+    bias_note = (f"\nIts `generation_config.json` adds {bias:g} to the logit of \"no\" right after \"This wafer map shows\"\n"
+                 "(`sequence_bias`): the point where it calls a map defect-free, chosen on the run's validation maps because\n"
+                 "its training mix under-states defect-free maps. transformers' `generate` and `pipeline` apply it; a server\n"
+                 "that ignores `sequence_bias` (vLLM) answers at the unbiased point.\n") if bias else ""
     return "\n".join(header) + f"""
 # {name}
 
@@ -187,7 +192,7 @@ Score it on any labelled WM-811K pickle or MixedWM38 `.npz`, or serve it behind 
 wafersage-score <this folder> LSWMD.pkl --out scores/   # accuracy, macro-F1, per class, per map
 wafersage-serve <this folder> --image-root <folder of wafer PNGs>   # or: vllm serve <this folder>
 ```
-
+{bias_note}
 ## Training
 
 | setting | value |
