@@ -174,3 +174,18 @@ def test_sigterm_marks_the_running_stage_interrupted(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     stages = json.loads((tmp_path / "res" / "slow" / "status.json").read_text())["stages"]
     assert stages["01_slow"]["state"] == "interrupted" and "SIGTERM" in stages["01_slow"]["error"]
+
+
+def test_kernels_import_the_package_of_the_checkout_that_runs(monkeypatch):
+    """A clone sharing the virtual environment must run its own code, not the editable install's checkout."""
+    from wafersage_utils.runner import pipeline
+    from wafersage_utils.runner.runs import PROJECT_ROOT
+    root = str(PROJECT_ROOT)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", root, "/other"]))
+    pipeline.kernel_imports_this_checkout()
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere", "/other"]
+    pipeline.kernel_imports_this_checkout()  # idempotent
+    assert os.environ["PYTHONPATH"].split(os.pathsep) == [root, "/elsewhere", "/other"]
+    monkeypatch.delenv("PYTHONPATH")
+    pipeline.kernel_imports_this_checkout()
+    assert os.environ["PYTHONPATH"] == root

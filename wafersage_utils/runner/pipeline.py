@@ -189,9 +189,21 @@ def check_values(params: dict[str, dict], declared: dict[str, dict], source: str
         raise ParamsError(f"{source}: " + "; ".join(problems))
 
 
+def kernel_imports_this_checkout() -> None:
+    """Make the notebooks' kernels import `wafersage_utils` from this repository. A kernel runs in the run
+    folder, where Python finds the package through the virtual environment's editable install: in a second
+    checkout sharing that environment (a clean clone made for a reference run) the kernels would run the
+    first checkout's code while the run records the clone's commit."""
+    root = str(PROJECT_ROOT)
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if entries[:1] != [root]:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *[e for e in entries if e != root]])
+
+
 def run_stage(nb_path: Path, out_nb: Path, values: dict, progress: bool) -> None:
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    kernel_imports_this_checkout()
     try:
         pm.execute_notebook(str(nb_path), str(out_nb), parameters=values, kernel_name="python3",
                             progress_bar=progress, cwd=str(out_nb.parent), log_output=False)
