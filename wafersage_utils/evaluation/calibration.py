@@ -32,7 +32,10 @@ from tqdm.auto import tqdm
 
 from ..corpus.vqa import type_sentence
 from ..maps.conventions import NONE_LABEL, VOCAB
+from .answers import parse_labels
 from .classification import exact_matches
+from .model_info import read_info
+from .scorer import MapAsker
 
 #: Biases searched (logits): 0 (no change) to 6 in steps of 0.25.
 BIAS_GRID = tuple(np.round(np.arange(0.0, 6.0001, 0.25), 2))
@@ -163,9 +166,6 @@ def calibrate(folder: str | Path, maps: pd.DataFrame, batch_size: int = 128, bia
     """Choose the defect-free bias of the merged model in `folder` on labelled `maps` (columns wafer_map,
     labels) and save it there. Returns the bias, the sweep table, each map's margin and its labels at the
     chosen bias (to check against the biased model's own answers)."""
-    from .answers import parse_labels
-    from .model_info import read_info
-    from .scorer import MapAsker
     folder = Path(folder)
     asker = MapAsker(folder, "merged", read_info(folder))
     asker.model.generation_config.sequence_bias = None  # the curve starts from the unbiased model
