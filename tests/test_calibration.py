@@ -7,14 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+from tests.test_scorer import trained_on
 from wafersage_utils.corpus.vqa import type_sentence
 from wafersage_utils.evaluation import calibration, model_info, scorer
 from wafersage_utils.evaluation.answers import parse_labels
-from wafersage_utils.maps import render
 from wafersage_utils.maps.conventions import NONE_LABEL
-from wafersage_utils.training import tiny_vlm
 
 NONE = type_sentence([NONE_LABEL])
 RING = type_sentence(["Edge-Ring"])
@@ -28,29 +26,10 @@ def _map(rng, dense: bool) -> np.ndarray:
 def judge_of_density(tmp_path_factory):
     """A tiny Qwen3-VL trained briefly to call dense maps an edge-ring and sparse ones defect-free: its
     decision margins spread over a range, some maps near the threshold."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-    root = tmp_path_factory.mktemp("calibration")
-    info = model_info.info_for_run(64, "plain", "tiny", {"source": "test"}, run="test")
-    path = tiny_vlm.build_tiny_vlm([NONE, RING, info.question] * 20, root / "model",
-                                   tiny_vlm.TinySpec(image_size=64), seed=0)
-    processor, model = AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path)
     rng = np.random.default_rng(0)
     dense = [bool(i % 2) for i in range(8)]
-    images = [render.to_image(_map(rng, d), 64).convert("RGB") for d in dense]
-    texts = [processor.apply_chat_template(info.messages() + [{"role": "assistant", "content": [
-        {"type": "text", "text": RING if d else NONE}]}], tokenize=False) for d in dense]
-    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
-    labels = batch["input_ids"].clone()
-    labels[(labels == model.config.image_token_id) | (batch["attention_mask"] == 0)] = -100
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(path)
-    model_info.write_info(path, info)
-    return path
+    return trained_on([_map(rng, d) for d in dense], [RING if d else NONE for d in dense],
+                      tmp_path_factory.mktemp("calibration"), steps=40)
 
 
 def test_decision_tokens_are_the_shared_prefix_and_the_defect_free_word(judge_of_density):

@@ -26,28 +26,34 @@ from wafersage_utils.training import tiny_vlm
 ANSWER = "This wafer map shows an edge-ring defect pattern."
 
 
-def trained_to_say(answer: str, root):
-    """A tiny Qwen3-VL trained for a few seconds to answer the defect-type question with `answer`, exported
-    with its wafersage.json (64 px renders)."""
+def trained_on(maps: list, answers: list[str], root, steps: int = 60):
+    """A tiny Qwen3-VL trained for a few seconds to answer the defect-type question about each map with its
+    answer, exported with its wafersage.json (64 px renders)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
     info = model_info.info_for_run(64, "plain", "tiny", {"source": "test"}, run="test")
-    path = tiny_vlm.build_tiny_vlm([answer, info.question] * 20, root / "model", tiny_vlm.TinySpec(image_size=64), seed=0)
+    path = tiny_vlm.build_tiny_vlm([*dict.fromkeys(answers), info.question] * 20, root / "model",
+                                   tiny_vlm.TinySpec(image_size=64), seed=0)
     processor, model = AutoProcessor.from_pretrained(path), AutoModelForImageTextToText.from_pretrained(path)
-    rng = np.random.default_rng(0)
-    images = [render.to_image(rng.integers(0, 3, (30, 30)).astype(np.uint8), 64).convert("RGB") for _ in range(6)]
-    conv = info.messages() + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
-    batch = processor(text=[processor.apply_chat_template(conv, tokenize=False)] * len(images), images=images,
-                      return_tensors="pt", padding=True)
+    images = [render.to_image(m, 64).convert("RGB") for m in maps]
+    texts = [processor.apply_chat_template(info.messages() + [{"role": "assistant", "content": [{"type": "text", "text": a}]}],
+                                           tokenize=False) for a in answers]
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
     labels = batch["input_ids"].clone()
     labels[(labels == model.config.image_token_id) | (batch["attention_mask"] == 0)] = -100
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(60):
+    for _ in range(steps):
         model(**batch, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
     model.save_pretrained(path)
     model_info.write_info(path, info)
     return path
+
+
+def trained_to_say(answer: str, root):
+    """A tiny model that answers `answer` about every map (trained on six random maps)."""
+    rng = np.random.default_rng(0)
+    return trained_on([rng.integers(0, 3, (30, 30)).astype(np.uint8) for _ in range(6)], [answer] * 6, root)
 
 
 @pytest.fixture(scope="module")
