@@ -82,7 +82,7 @@ class CleanSettings(StageSettings):
     background_area_exponent: float = 1.0  # synthetic: background fail rate scales as (dies on a 27 x 27 grid / dies)^this, as on real defect-free maps (0: one rate on every grid, 2-3x the real rate on large grids): docs/experiments.md
     edge_fail_extra: float = 0.11  # synthetic: median extra fail chance of the outermost die ring, the background flat inside, as on real maps (0: a smooth r^6 rise towards the edge)
     scratch_width_dies: float = 1.4  # synthetic: median scratch width in dies, as thin as real WM-811K scratches (0: the old 1.7 to 2.4-die band)
-    background_by_class: str = "measured"  # synthetic: class background factors measured at a fixed grid size, as on real maps (pooled: the earlier ones, which gave Scratch and Edge-Ring maps half the real background): docs/experiments.md
+    background_by_class: str = "pooled"  # synthetic: class background factors from whole-map fail ratios pooled over grid sizes | measured (at one grid size: more realistic, yet the VLM on real maps did not gain and lost 6 points of accuracy): docs/experiments.md
     lot_affinity: float = 0.5  # synthetic: chance a wafer shows its lot's dominant pattern
     embedding_kind: str = "features"  # features (standardised + PCA) | cnn (learned, like the paper's ViT)
     pca_components: int = 32  # dimensions of the feature embedding

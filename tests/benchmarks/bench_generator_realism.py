@@ -90,7 +90,7 @@ def main() -> int:
 
 
 CLASSES = list(PATTERNS) + [NONE_LABEL]
-PREVIOUS = "background_area_exponent=0,edge_fail_extra=0,scratch_width_dies=0"  # the generator before 2026-12-01
+PREVIOUS = "background_area_exponent=0,edge_fail_extra=0,scratch_width_dies=0,background_by_class=pooled"  # the generator before 2026-12-01
 
 
 def parse_setting(text: str) -> dict:
