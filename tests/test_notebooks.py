@@ -264,9 +264,20 @@ def test_snapshot_of_an_unknown_machine_kind_passes_only_on_a_match(tmp_path, mo
     own = snapshot.machine_snapshot()
     own.write_text(json.dumps({"01_clean:n_maps": 100, "01_clean:accuracy": 0.9}))  # this kind's own snapshot rules
     assert snapshot.check(tmp_path / "run") == ({"01_clean:accuracy": (0.9, 0.5)}, own.name)
+    monkeypatch.setenv("WAFERSAGE_UPDATE_SNAPSHOT", "variant")  # another host of this kind, known good
+    diff, name = snapshot.check(tmp_path / "run")
+    assert diff == {} and name.startswith(own.stem + "+") and len(snapshot.kind_variants(own)) == 1
+    monkeypatch.delenv("WAFERSAGE_UPDATE_SNAPSHOT")
+    assert snapshot.check(tmp_path / "run") == ({}, name)  # the variant matches; the kind's file still differs
+    (tmp_path / "run" / "metrics" / "01_clean.json").write_text(json.dumps({"n_maps": 100, "accuracy": 0.7}))
+    assert snapshot.check(tmp_path / "run") == ({"01_clean:accuracy": (0.9, 0.7)}, own.name)  # neither: closest
     monkeypatch.setenv("WAFERSAGE_UPDATE_SNAPSHOT", "1")
     assert snapshot.check(tmp_path / "run") == ({}, own.name)
-    assert json.loads(own.read_text()) == {"01_clean:accuracy": 0.5, "01_clean:n_maps": 100}
+    assert json.loads(own.read_text()) == {"01_clean:accuracy": 0.7, "01_clean:n_maps": 100}
+    assert snapshot.kind_variants(own) == []  # a deliberate change: every host records its variant again
+    monkeypatch.setenv("WAFERSAGE_UPDATE_SNAPSHOT", "yes")
+    with pytest.raises(ValueError, match="WAFERSAGE_UPDATE_SNAPSHOT"):
+        snapshot.check(tmp_path / "run")
 
 
 def test_snapshot_comparison_flags_moves_and_missing_keys():
