@@ -25,6 +25,7 @@ points); other numbers within 5%.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -90,7 +91,6 @@ def check(run_dir: Path) -> tuple[dict[str, tuple] | None, str]:
         for variant in kind_variants(own):
             variant.unlink()
     elif update == "variant":
-        import hashlib
         own.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(current, indent=1, sort_keys=True) + "\n"
         (own.parent / f"{own.stem}+{hashlib.sha256(text.encode()).hexdigest()[:8]}.json").write_text(text)
