@@ -47,3 +47,43 @@ def test_stream_rows_answer_with_the_type_sentence(tmp_path):
     rows = type_questions.stream_rows(picked, 32, tmp_path)
     assert list(rows["answer"]) == ["This wafer map shows a localized defect pattern."] * 2
     assert all((tmp_path / p).exists() for p in rows["image"]) and rows["image"].str.startswith("data/images/32/").all()
+
+
+def test_symmetry_is_the_eight_symmetries_of_the_square():
+    m = np.arange(12).reshape(3, 4)
+    shown = [type_questions.symmetry(m, k) for k in range(8)]
+    assert np.array_equal(shown[0], m) and shown[1].shape == (4, 3)
+    assert len({x.tobytes() + bytes(x.shape) for x in shown}) == 8  # all distinct
+    assert np.array_equal(shown[2], m[::-1, ::-1]) and np.array_equal(shown[4], m[:, ::-1])
+    with pytest.raises(ValueError, match="0 to 7"):
+        type_questions.symmetry(m, 8)
+
+
+@pytest.mark.parametrize("augment", ["repeats", "all"])
+def test_augment_shows_each_repeat_of_a_map_in_another_symmetry(augment):
+    maps = _maps({"none": 300, "Loc": 40, "Scratch": 5})
+    plain = type_questions.stream_maps(maps, set(), none_ratio=2.0, class_floor=30, max_repeat=6, seed=1)
+    out = type_questions.stream_maps(maps, set(), none_ratio=2.0, class_floor=30, max_repeat=6, seed=1,
+                                     augment=augment)
+    assert out.drop(columns="symmetry").equals(plain.drop(columns="symmetry"))  # the same questions
+    assert (plain["symmetry"] == 0).all() and out["symmetry"].between(0, 7).all()
+    scratch = out[out["key"] == "Scratch"].groupby("id")["symmetry"]
+    assert (scratch.nunique() == 6).all()  # every repeat in another symmetry
+    once = out[out["key"] != "Scratch"]["symmetry"]
+    if augment == "repeats":  # the first question about a map shows it as it is
+        assert (scratch.min() == 0).all() and (once == 0).all()
+    else:
+        assert once.nunique() == 8
+    with pytest.raises(ValueError, match="augment"):
+        type_questions.stream_maps(maps, set(), augment="rotate")
+
+
+def test_stream_rows_render_the_turned_map(tmp_path):
+    m = np.ones((10, 10), np.uint8)
+    m[0, :] = 2  # a failing top row
+    maps = _maps({"Loc": 1}).iloc[:1].assign(wafer_map=[m])
+    picked = type_questions.stream_maps(maps, set()).assign(symmetry=[1])
+    turned = type_questions.stream_rows(picked, 32, tmp_path)
+    same = type_questions.stream_rows(picked.assign(symmetry=[0]), 32, tmp_path)
+    from wafersage_utils.maps.render import image_key
+    assert turned["image"][0].endswith(image_key(np.rot90(m), 32) + ".png") and turned["image"][0] != same["image"][0]

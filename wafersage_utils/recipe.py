@@ -203,6 +203,7 @@ class SFTSettings(StageSettings):
     type_stream: bool = False  # also one defect-type question per other labelled training map (training/type_questions.py): a real data set's classes need more maps than stage 01 samples
     type_stream_none_ratio: float = 0.0  # type stream: defect-free questions capped at this multiple of the defect ones; 0: no cap
     type_stream_class_floor: int = 0  # type stream: a rarer class's maps asked again, in other wordings, until it has this many questions (at most 8 per map); 0: never
+    type_stream_augment: str = "none"  # type stream: maps shown turned or mirrored (a defect type does not depend on orientation) | repeats (a map asked again for the floor, in another symmetry each time) | all (every question; training/type_questions.py)
     calibrate_none: bool = False  # choose, on every labelled validation map, a bias on the word that calls a map defect-free and save it in the model's generation config (evaluation/calibration.py): the type stream's mix under-states defect-free maps
     lora: bool = True  # LoRA adapters (the paper); false trains every weight of the base (tiny model: it is small enough)
     lora_r: int = 16  # LoRA rank
@@ -381,7 +382,7 @@ RULES: dict[str, Any] = {
     "pretrain_epochs": _ge(0), "pretrain_learning_rate": _gt(0), "pretrain_batch_size": _ge(1),
     "pretrain_max_maps": _ge(0), "pretrain_extra_maps": _ge(0), "pretrain_questions_per_map": _ge(0),
     "pretrain_text_epochs": _ge(0), "pretrain_text_learning_rate": _gt(0), "pretrain_micro_batches": _ge(1),
-    "pretrain_text_micro_batches": _ge(1), "rl_holdout_share": SHARE_OPEN, "type_stream_none_ratio": _ge(0),
+    "pretrain_text_micro_batches": _ge(1), "rl_holdout_share": SHARE_OPEN, "type_stream_none_ratio": _ge(0), "type_stream_augment": _one_of("none", "repeats", "all"),
     "type_stream_class_floor": _ge(0), "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": SHARE_OPEN,
     "lr_scheduler_type": _nonempty, "warmup_ratio": SHARE, "num_train_epochs": _gt(0), "05_sft.max_steps": _steps,
     "train_sampling_strategy": _one_of("random", "batch_rebalance"), "weight_decay": _ge(0), "optim": _nonempty,

@@ -10,6 +10,13 @@ Real data is imbalanced (WM-811K: 59% defect-free, 73 Near-full maps in 30,000).
 validation: `none_ratio` caps the defect-free questions at that multiple of the defect questions (0: no
 cap), and `class_floor` asks again, in another wording, about the maps of a rarer class until the class has
 that many questions (at most `max_repeat` questions per map).
+
+A third, `augment`, shows the map turned or mirrored: a wafer's defect type does not change under the eight
+symmetries of the square (four quarter turns, each mirrored or not), while a repeated question about the same
+picture teaches little beyond its wording. "repeats": a map's first question shows it as it is and each repeat
+another symmetry (every one at most once); "all": every question's map in a symmetry drawn per map, repeats
+again each in another one; "none": as it is. Only the type stream is augmented: descriptions name clock
+positions and sides, which a turn would make wrong.
 """
 from __future__ import annotations
 
@@ -23,15 +30,28 @@ from ..maps.conventions import NONE_LABEL
 from ..maps.render import render_cached
 
 TYPE_QUESTIONS = [t.text for t in TEMPLATES if t.category == "defect_type"]
+AUGMENT = ("none", "repeats", "all")
+
+
+def symmetry(wafer_map: np.ndarray, k: int) -> np.ndarray:
+    """The map under the k-th symmetry of the square (0 <= k < 8): k % 4 quarter turns counter-clockwise,
+    then mirrored left-right when k >= 4. k = 0 is the map itself."""
+    if not 0 <= k < 8:
+        raise ValueError(f"symmetry index {k}: expected 0 to 7")
+    out = np.rot90(wafer_map, k % 4)
+    return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
 
 
 def stream_maps(maps: pd.DataFrame, exclude_wafers, none_ratio: float = 0.0, class_floor: int = 0,
-                max_repeat: int = 8, seed: int = 0) -> pd.DataFrame:
+                max_repeat: int = 8, seed: int = 0, augment: str = "none") -> pd.DataFrame:
     """The training maps the stream asks about (a map repeated for the class floor appears once per
-    question), with the question for each: columns of `maps` plus `question`."""
+    question), with the question for each and the symmetry its map is shown in: columns of `maps` plus
+    `question` and `symmetry` (0: as it is; see `symmetry`)."""
     if none_ratio < 0 or class_floor < 0 or max_repeat < 1:
         raise ValueError(f"type stream: none_ratio {none_ratio} and class_floor {class_floor} must be >= 0, "
                          f"max_repeat {max_repeat} >= 1")
+    if augment not in AUGMENT:
+        raise ValueError(f"type stream: augment {augment!r}, expected one of {', '.join(AUGMENT)}")
     keep = (maps["split"] == "train") & (maps["key"] != "") & ~maps["quarantined"].astype(bool) \
         & ~maps["id"].isin(set(exclude_wafers))
     pool = maps[keep]
@@ -52,14 +72,25 @@ def stream_maps(maps: pd.DataFrame, exclude_wafers, none_ratio: float = 0.0, cla
     position = maps.index.get_indexer(out.index)
     nth = out.groupby(level=0).cumcount().to_numpy()
     out = out.assign(question=[TYPE_QUESTIONS[(start[p] + k) % len(TYPE_QUESTIONS)] for p, k in zip(position, nth)])
-    return out.reset_index(drop=True)
+    # Drawn after the wordings, so that "none" leaves the stream exactly as it was before augmentation existed.
+    if augment == "repeats":  # first question as it is; repeat k (1..7) the (offset + k)-th of the other seven
+        offset = rng.integers(0, 7, len(maps))
+        sym = np.where(nth == 0, 0, (offset[position] + nth - 1) % 7 + 1)
+    elif augment == "all":
+        offset = rng.integers(0, 8, len(maps))
+        sym = (offset[position] + nth) % 8
+    else:
+        sym = np.zeros(len(out), dtype=int)
+    return out.assign(symmetry=np.asarray(sym, dtype=int)).reset_index(drop=True)
 
 
 def stream_rows(picked: pd.DataFrame, image_size: int, run_dir: Path) -> pd.DataFrame:
     """VQA-like rows (wafer_id, labels, split, question, answer, image) for the picked maps, their images
     rendered into the run's image cache (shared with stage 02)."""
     run_dir = Path(run_dir)
-    paths = render_cached(list(picked["wafer_map"]), image_size, run_dir / "data" / "images")
+    turns = picked["symmetry"] if "symmetry" in picked else [0] * len(picked)
+    shown = [symmetry(np.asarray(m), int(k)) if k else m for m, k in zip(picked["wafer_map"], turns)]
+    paths = render_cached(shown, image_size, run_dir / "data" / "images")
     return pd.DataFrame({"wafer_id": picked["id"].to_numpy(), "labels": [list(x) for x in picked["labels"]],
                          "split": "train", "category": "defect_type", "question": picked["question"].to_numpy(),
                          "answer": [type_sentence(list(x)) for x in picked["labels"]],
