@@ -203,7 +203,7 @@ class SFTSettings(StageSettings):
     type_stream: bool = False  # also one defect-type question per other labelled training map (training/type_questions.py): a real data set's classes need more maps than stage 01 samples
     type_stream_none_ratio: float = 0.0  # type stream: defect-free questions capped at this multiple of the defect ones; 0: no cap
     type_stream_class_floor: int = 0  # type stream: a rarer class's maps asked again, in other wordings, until it has this many questions (at most 8 per map); 0: never
-    type_stream_augment: str = "none"  # type stream: maps shown turned or mirrored (a defect type does not depend on orientation) | repeats (a map asked again for the floor, in another symmetry each time) | all (every question; training/type_questions.py)
+    type_stream_augment: str = "none"  # type stream: maps shown turned or mirrored (a defect type does not depend on orientation) | repeats (a map asked again for the floor, in another symmetry each time) | all (every question; training/type_questions.py); on WM-811K neither moved validation beyond a seed's spread
     calibrate_none: bool = False  # choose, on every labelled validation map, a bias on the word that calls a map defect-free and save it in the model's generation config (evaluation/calibration.py): the type stream's mix under-states defect-free maps
     lora: bool = True  # LoRA adapters (the paper); false trains every weight of the base (tiny model: it is small enough)
     lora_r: int = 16  # LoRA rank
