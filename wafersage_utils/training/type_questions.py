@@ -88,8 +88,7 @@ def stream_rows(picked: pd.DataFrame, image_size: int, run_dir: Path) -> pd.Data
     """VQA-like rows (wafer_id, labels, split, question, answer, image) for the picked maps, their images
     rendered into the run's image cache (shared with stage 02)."""
     run_dir = Path(run_dir)
-    turns = picked["symmetry"] if "symmetry" in picked else [0] * len(picked)
-    shown = [symmetry(np.asarray(m), int(k)) if k else m for m, k in zip(picked["wafer_map"], turns)]
+    shown = [symmetry(np.asarray(m), int(k)) if k else m for m, k in zip(picked["wafer_map"], picked["symmetry"])]
     paths = render_cached(shown, image_size, run_dir / "data" / "images")
     return pd.DataFrame({"wafer_id": picked["id"].to_numpy(), "labels": [list(x) for x in picked["labels"]],
                          "split": "train", "category": "defect_type", "question": picked["question"].to_numpy(),
