@@ -376,3 +376,12 @@ def test_extra_seeing_maps_are_drawn_with_the_runs_generator_settings(maps, tmp_
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="bad.json: expected an object"):
         synth.read_config(tmp_path / "bad.json")
+
+
+def test_tiny_spec_takes_every_size_from_the_stage_settings():
+    from wafersage_utils.recipe import SFTSettings
+    spec = models.tiny_spec(SFTSettings(tiny_vision_hidden=128, tiny_vision_depth=3, tiny_text_layers=4))
+    assert (spec.vision_hidden, spec.vision_depth, spec.layers) == (128, 3, 4)
+    tok = tiny_vlm.build_tokenizer(["a wafer map with a scratch"] * 4, vocab_size=300)
+    cfg = tiny_vlm.build_model(tok, spec).config
+    assert (cfg.vision_config.depth, cfg.text_config.num_hidden_layers) == (3, 4)

@@ -188,7 +188,9 @@ class SFTSettings(StageSettings):
     model_cache_dir: str = ""  # where built tiny bases are kept; empty: $WAFERSAGE_CACHE/models or ~/.cache/wafersage/models
     tiny_vocab_size: int = 4096  # tiny: BPE vocabulary trained on the run's training-split text
     tiny_image_size: int = 64  # tiny: pixels of its square input (its processor resizes larger images); 64 px is 16 image tokens, 4x cheaper than 128
-    tiny_vision_hidden: int = 64  # tiny: width of the vision tower (2 blocks)
+    tiny_vision_hidden: int = 64  # tiny: width of the vision tower
+    tiny_vision_depth: int = 2  # tiny: blocks of the vision tower
+    tiny_text_layers: int = 2  # tiny: decoder layers of the language model (width 128)
     pretrain_epochs: float = 1.0  # tiny, seeing: passes of full-parameter captioning and visual questions over the maps
     pretrain_learning_rate: float = 0.0005  # tiny: captioning learning rate (cosine schedule)
     pretrain_batch_size: int = 8  # tiny: captioning batch
@@ -379,6 +381,7 @@ RULES: dict[str, Any] = {
     # 05
     "sft_seed": _optional_seed, "model_name_or_path": _nonempty, "tiny_vocab_size": _ge(512), "tiny_image_size": _ge(16),
     "tiny_vision_hidden": lambda v: None if v >= 8 and v % 4 == 0 else "expected a multiple of 4, at least 8",
+    "tiny_vision_depth": _ge(1), "tiny_text_layers": _ge(1),
     "pretrain_epochs": _ge(0), "pretrain_learning_rate": _gt(0), "pretrain_batch_size": _ge(1),
     "pretrain_max_maps": _ge(0), "pretrain_extra_maps": _ge(0), "pretrain_questions_per_map": _ge(0),
     "pretrain_text_epochs": _ge(0), "pretrain_text_learning_rate": _gt(0), "pretrain_micro_batches": _ge(1),

@@ -83,7 +83,8 @@ def pretrain_settings(settings: SFTSettings) -> PretrainSettings:
 def tiny_spec(settings: SFTSettings) -> TinySpec:
     """The tiny Qwen3-VL's sizes from stage 05's settings."""
     return TinySpec(vocab_size=settings.tiny_vocab_size, image_size=settings.tiny_image_size,
-                    vision_hidden=settings.tiny_vision_hidden)
+                    vision_hidden=settings.tiny_vision_hidden, vision_depth=settings.tiny_vision_depth,
+                    layers=settings.tiny_text_layers)
 
 
 def cache_root(explicit: str = "") -> Path:
