@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from wafersage_utils import recipe  # noqa: E402
-from wafersage_utils.runner import run_report  # noqa: E402
+from wafersage_utils.runner import run_report, runs  # noqa: E402
 from wafersage_utils.runner.runs import MANIFEST, Stage  # noqa: E402
 
 
@@ -102,3 +102,14 @@ def test_atomic_writes_leave_ordinary_permissions(tmp_path):
     (tmp_path / "b.txt").write_text("x")
     mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
     assert mode == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode), oct(mode)  # as open() makes it, not 0600
+
+
+def test_recorded_paths_travel_with_the_repository(tmp_path):
+    """A file in the project or beside it (../shared/data) is recorded relative to the project root, whatever
+    folder the clone lives in; one elsewhere keeps the path it was given."""
+    root = runs.PROJECT_ROOT
+    assert runs.project_path(root / "results" / "default" / "models") == "results/default/models"
+    assert runs.project_path(root.parent / "shared" / "data" / "x.pkl") == "../shared/data/x.pkl"
+    outside = Path("/") / "nonexistent-root-for-test" / "maps.pkl"
+    if not outside.resolve().is_relative_to(root.parent):
+        assert runs.project_path(outside) == str(outside)

@@ -305,14 +305,15 @@ def write_outputs(out: Path, metrics: dict, per_class: pd.DataFrame, per_map: pd
 def score_loaded(folder: Path, kind: str, maps: pd.DataFrame, skipped: int, data: str | Path,
                  out: str | Path | None = None, batch_size: int = 128, progress: bool = True,
                  n_bootstrap: int = 1000, seed: int = 0, device: str = "", max_maps: int = 0,
-                 full_answers: bool = False) -> dict:
-    """:func:`score` on maps already loaded (:func:`load_labelled`)."""
+                 full_answers: bool = False, record_paths=str) -> dict:
+    """:func:`score` on maps already loaded (:func:`load_labelled`). `record_paths` turns the model folder and
+    the data file into the strings metrics.json records (the pipeline's: relative to the project root)."""
     info = read_info(folder)
     log.info("scoring %s (%s) on %d maps of %s", folder, kind, len(maps), data)
     asker = MapAsker(folder, kind, info, device)
     metrics, per_class, per_map = score_maps(asker, maps, batch_size, progress, n_bootstrap, seed, full_answers)
-    metrics = {**metrics, "n_unlabelled_skipped": skipped, "model": str(folder), "model_kind": kind,
-               "data": str(data), "max_maps": max_maps, "seed": seed, "device": asker.device,
+    metrics = {**metrics, "n_unlabelled_skipped": skipped, "model": record_paths(folder), "model_kind": kind,
+               "data": record_paths(data), "max_maps": max_maps, "seed": seed, "device": asker.device,
                "model_info": asdict(info)}
     if out is not None:
         write_outputs(Path(out), metrics, per_class, per_map,

@@ -26,7 +26,7 @@ from ..maps import classify
 from ..maps.features import extract_features, feature_names
 from ..maps.loaders import DATA_ENV, resolve_data_path
 from ..maps.table import read_table
-from ..runner.runs import atomic_write_text
+from ..runner.runs import atomic_write_text, project_path
 from . import scorer
 from .stats import mcnemar
 from .classification import exact_matches, labels_of_key
@@ -129,7 +129,7 @@ def compare(sft_folder: str | Path, real_path: Path, run_data: Path, out: Path, 
     maps, skipped = scorer.load_labelled(real_path, max_maps, seed)
     folder, kind = scorer.resolve_model(sft_folder)
     vlm = scorer.score_loaded(folder, kind, maps, skipped, real_path, out, batch_size, True, n_bootstrap, seed,
-                              max_maps=max_maps)
+                              max_maps=max_maps, record_paths=project_path)
     generated = read_table(Path(run_data) / "maps.parquet")
     train = ((generated["split"] == "train") & (generated["key"] != "") & ~generated["quarantined"]).to_numpy()
     X_gen, gen_keys = np.load(Path(run_data) / "features.npy")[train], generated.loc[train, "key"]

@@ -33,6 +33,16 @@ TRACKED_PACKAGES = ("wafersage_utils", "numpy", "pandas", "pyarrow", "scipy", "s
                     "matplotlib", "seaborn")
 
 
+def project_path(path: str | Path) -> str:
+    """`path` as a record that travels with the repository: relative to the project root when it lies in the
+    project or beside it (../shared/data), else as given. A run committed from another clone then names the
+    same files, not the folders of the machine that made it."""
+    resolved = Path(path).resolve()
+    if resolved.is_relative_to(PROJECT_ROOT.parent):
+        return os.path.relpath(resolved, PROJECT_ROOT)
+    return str(path)
+
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
