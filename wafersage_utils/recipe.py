@@ -207,6 +207,7 @@ class SFTSettings(StageSettings):
     type_stream_class_floor: int = 0  # type stream: a rarer class's maps asked again, in other wordings, until it has this many questions (at most 8 per map); 0: never
     type_stream_augment: str = "none"  # type stream: maps shown turned or mirrored (a defect type does not depend on orientation) | repeats (a map asked again for the floor, in another symmetry each time) | all (every question; training/type_questions.py); on WM-811K neither moved validation beyond a seed's spread
     calibrate_none: bool = False  # choose, on every labelled validation map, a bias on the word that calls a map defect-free and save it in the model's generation config (evaluation/calibration.py): the type stream's mix under-states defect-free maps
+    type_views: list = field(default_factory=lambda: [1])  # views each map is asked in, the answers voted (evaluation/views.py): 1 as it is, 4 quarter turns, 8 with mirrors; several: chosen on every labelled validation map (after the defect-free bias) and saved with the model
     lora: bool = True  # LoRA adapters (the paper); false trains every weight of the base (tiny model: it is small enough)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale alpha / r)
@@ -347,6 +348,11 @@ def _optional_seed(v):
     return None if v is None or v >= 0 else "expected None (use seed) or >= 0"
 
 
+def _views(v):
+    ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x in (1, 4, 8) for x in v)
+    return None if ok else "expected a non-empty list of view counts, each 1, 4 or 8"
+
+
 def _nonempty(v):
     return None if str(v).strip() else "expected a non-empty value"
 
@@ -386,7 +392,7 @@ RULES: dict[str, Any] = {
     "pretrain_max_maps": _ge(0), "pretrain_extra_maps": _ge(0), "pretrain_questions_per_map": _ge(0),
     "pretrain_text_epochs": _ge(0), "pretrain_text_learning_rate": _gt(0), "pretrain_micro_batches": _ge(1),
     "pretrain_text_micro_batches": _ge(1), "rl_holdout_share": SHARE_OPEN, "type_stream_none_ratio": _ge(0),
-    "type_stream_class_floor": _ge(0), "type_stream_augment": _one_of("none", "repeats", "all"), "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": SHARE_OPEN,
+    "type_stream_class_floor": _ge(0), "type_stream_augment": _one_of("none", "repeats", "all"), "type_views": _views, "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": SHARE_OPEN,
     "lr_scheduler_type": _nonempty, "warmup_ratio": SHARE, "num_train_epochs": _gt(0), "05_sft.max_steps": _steps,
     "train_sampling_strategy": _one_of("random", "batch_rebalance"), "weight_decay": _ge(0), "optim": _nonempty,
     "max_length": _ge(16), "logging_steps": _ge(1), "save_steps": _ge(0), "eval_steps": _ge(0),

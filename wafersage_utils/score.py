@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     ap.add_argument("--full-answers", action="store_true",
                     help="generate each answer to its end (default: stop after the sentence that states the type)")
+    ap.add_argument("--views", type=int, default=None, choices=(1, 4, 8),
+                    help="ask each map in this many views and vote (default: the model's own, from wafersage.json)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         m = score(args.model, args.data, args.out, args.max_maps, args.batch_size, not args.quiet, args.bootstrap,
-                  args.seed, args.device, args.full_answers)
+                  args.seed, args.device, args.full_answers, views_override=args.views)
     except (MissingModelInfo, FileNotFoundError, ValueError, LookupError) as exc:
         print(f"wafersage-score: {exc}", file=sys.stderr)
         return 2

@@ -20,10 +20,14 @@ defect-free exactly when margin + b > 0, and stays what it was otherwise (the to
 not biased, and a map already answered defect-free stays so), so the whole curve over b follows from that one
 pass; the notebook asks the biased model again to check it. Only b >= 0 is searched: a negative bias would
 change answers into patterns whose wording the pass did not see.
+
+The views a model is asked in (:mod:`.views`) are the second choice made here on validation, after the bias:
+:func:`choose_views` asks every map in each view at the chosen bias and keeps the vote that scores best.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +36,10 @@ from tqdm.auto import tqdm
 
 from ..corpus.vqa import type_sentence
 from ..maps.conventions import NONE_LABEL, VOCAB
+from . import views
 from .answers import parse_labels
 from .classification import exact_matches
-from .model_info import read_info
+from .model_info import read_info, write_info
 from .scorer import MapAsker
 
 #: Biases searched (logits): 0 (no change) to 6 in steps of 0.25.
@@ -167,7 +172,7 @@ def calibrate(folder: str | Path, maps: pd.DataFrame, batch_size: int = 128, bia
     labels) and save it there. Returns the bias, the sweep table, each map's margin and its labels at the
     chosen bias (to check against the biased model's own answers)."""
     folder = Path(folder)
-    asker = MapAsker(folder, "merged", read_info(folder))
+    asker = MapAsker(folder, "merged", replace(read_info(folder), views=1))  # margins are the map's own view's
     asker.model.generation_config.sequence_bias = None  # the curve starts from the unbiased model
     wafer_maps = list(maps["wafer_map"])
     pred = [parse_labels(a) for a in asker.ask(wafer_maps, batch_size, progress, desc="unbiased")]
@@ -193,3 +198,26 @@ def figure(table: pd.DataFrame, chosen: float, title: str = ""):
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def choose_views(folder: str | Path, maps: pd.DataFrame, candidates, batch_size: int = 128,
+                 progress: bool = True) -> dict:
+    """Choose how many views the merged model in `folder` is asked in, on labelled `maps` (columns wafer_map,
+    labels), and save the choice in its `wafersage.json`. One greedy pass per view up to the largest candidate;
+    with one candidate, no pass is made and that count is saved. Returns the count, the sweep table (None
+    without a choice) and the labels each view gave."""
+    folder = Path(folder)
+    candidates = sorted({views.check_views(c, "type_views") for c in candidates})
+    info = read_info(folder)
+    if len(candidates) == 1:
+        write_info(folder, replace(info, views=candidates[0]))
+        return {"views": candidates[0], "table": None, "per_view": None}
+    asker = MapAsker(folder, "merged", replace(info, views=1))
+    wafer_maps = list(maps["wafer_map"])
+    per_view = [[parse_labels(a) for a in asker.ask(views.view_maps(wafer_maps, k), batch_size, progress, desc=f"view {k}")]
+                for k in range(max(candidates))]
+    true = [list(x) for x in maps["labels"]]
+    table = views.sweep(true, per_view, candidates)
+    chosen = views.choose(table, candidates)
+    write_info(folder, replace(info, views=chosen))
+    return {"views": chosen, "table": table, "per_view": per_view}

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..corpus.vqa import CARD_PROMPTS, SYSTEM_PROMPT
 from ..maps.conventions import PALETTE, VOCAB
 from ..runner.runs import atomic_write_text, write_json
+from .views import check_views
 
 INFO_FILE = "wafersage.json"
 FORMAT = "wafersage-model/1"
@@ -42,6 +43,7 @@ class ModelInfo:
     system_prompt: str = ""  # sent before the question (the paper's prompt for reasoning-style models)
     labels: list = field(default_factory=lambda: list(VOCAB))  # the label vocabulary answers are read into
     max_new_tokens: int = 64  # enough for the type statement and its first detail
+    views: int = 1  # each map asked in this many views, the answers voted (evaluation/views.py): 1, 4 turns, 8 with mirrors
     base_model: str = ""  # what was fine-tuned ("tiny": the embedded Qwen3-VL built by stage 05)
     trained_on: dict = field(default_factory=dict)  # source, maps and pairs by split, the run folder
     run: str = ""  # the run folder that made it
@@ -59,12 +61,13 @@ class ModelInfo:
 
 
 def info_for_run(image_size: int, answer_style: str, base_model: str, trained_on: dict, run: str = "",
-                 commit: str = "") -> ModelInfo:
-    """The record of a model trained by a run: the run's rendered size and answer style decide the rest."""
+                 commit: str = "", views: int = 1) -> ModelInfo:
+    """The record of a model trained by a run: the run's rendered size and answer style decide the rest; `views`
+    is what stage 05 chose on validation (1 unless it was asked to choose)."""
     return ModelInfo(image_size=int(image_size), answer_style=answer_style,
                      system_prompt=SYSTEM_PROMPT if answer_style == "reasoning" else "",
                      max_new_tokens=256 if answer_style == "reasoning" else 64, base_model=base_model,
-                     trained_on=trained_on, run=run, commit=commit)
+                     trained_on=trained_on, run=run, commit=commit, views=int(views))
 
 
 def write_info(folder: Path, info: ModelInfo) -> Path:
@@ -100,6 +103,7 @@ def read_info(folder: Path) -> ModelInfo:
         raise ValueError(f"{path}: palette {info.palette!r}; expected RGB triples for die codes '0', '1' and '2'") from exc
     if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in rgb):
         raise ValueError(f"{path}: palette {info.palette!r}; expected RGB triples of 0..255")
+    check_views(info.views, f"{path}: field 'views'")
     unknown = sorted(set(info.labels) - set(VOCAB))
     if unknown:
         raise ValueError(f"{path}: labels {unknown} are not in the vocabulary {list(VOCAB)}")
@@ -164,6 +168,9 @@ def model_card(info: ModelInfo, metrics: dict[str, dict], training: dict, which:
                  "(`sequence_bias`): the point where it calls a map defect-free, chosen on the run's validation maps because\n"
                  "its training mix under-states defect-free maps. transformers' `generate` and `pipeline` apply it; a server\n"
                  "that ignores `sequence_bias` (vLLM) answers at the unbiased point.\n") if bias else ""
+    views_note = (f"\n`wafersage.json` sets `views: {info.views}`: the scorer asks about each map in {info.views} views (its quarter turns"
+                  f"{' and their mirror images' if info.views == 8 else ''}) and keeps the answer most views give, chosen on the run's\n"
+                  "validation maps; the snippet above asks one view.\n") if info.views > 1 else ""
     return "\n".join(header) + f"""
 # {name}
 
@@ -192,7 +199,7 @@ Score it on any labelled WM-811K pickle or MixedWM38 `.npz`, or serve it behind 
 wafersage-score <this folder> LSWMD.pkl --out scores/   # accuracy, macro-F1, per class, per map
 wafersage-serve <this folder> --image-root <folder of wafer PNGs>   # or: vllm serve <this folder>
 ```
-{bias_note}
+{bias_note}{views_note}
 ## Training
 
 | setting | value |
@@ -251,7 +258,8 @@ def document_export(run_dir: Path, folder: Path, which: str = "sft") -> ModelInf
     info = info_for_run(manifest.get("02_describe", {}).get("image_size", 128),
                         manifest.get("04_vqa", {}).get("answer_style", "plain"),
                         settings.get("model_name_or_path", "tiny"),
-                        {k: v for k, v in trained_on.items() if v is not None}, run=run_dir.name, commit=commit)
+                        {k: v for k, v in trained_on.items() if v is not None}, run=run_dir.name, commit=commit,
+                        views=sft.get("sft/type_views", 1))  # chosen by stage 05 for its model; RL keeps it
     write_info(folder, info)
     write_card(folder, info, metrics, {k: settings[k] for k in TRAINING_KEYS if k in settings}, which)
     return info

@@ -9,7 +9,10 @@ label vocabulary by the parser every stage uses (:func:`.answers.parse_labels`).
 
 Written to --out: `metrics.json` (stable keys: accuracy, macro_f1, n_maps, maps_per_second; for files with
 mixed maps also exact_match and pattern_macro_f1), `per_class.csv` (precision, recall, F1 with 95% bootstrap
-intervals), `per_map.csv.gz` (id, true, predicted, correct, raw answer) and `confusion.png`. A plain answer
+intervals), `per_map.csv.gz` (id, true, predicted, correct, raw answer) and `confusion.png`. A model whose
+`wafersage.json` sets `views` above 1 is asked about each map in that many views (quarter turns, mirrored) and
+the label set most views name is its prediction (:mod:`.views`; `views` in metrics.json, the agreeing views
+per map in per_map.csv.gz); `--views N` overrides it. A plain answer
 is generated up to the end of the sentence that states the type, which is all the parser reads (the same
 labels as the whole answer; 1.3x the maps per second in `bench_tiny_model.py`); `--full-answers` generates
 each to its end.
@@ -26,7 +29,7 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,7 @@ from ..maps.loaders import load_mixedwm38, load_wm811k
 from ..maps.render import render_array
 from ..plots import confusion
 from ..runner.runs import RUN_PREFIX, atomic_target, atomic_write_text, read_manifest, write_json
+from . import views
 from .answers import is_mixed, parse_labels, statement_end
 from .classification import exact_matches
 from .model_info import ModelInfo, read_info
@@ -122,31 +126,47 @@ class MapAsker:
         from PIL import Image
         return Image.fromarray(render_array(m, self.info.image_size, self.lut))
 
-    def ask(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score",
-            full_answers: bool = False) -> list[str]:
-        """The model's greedy answers. A plain-style answer stops once the sentence that states its type is
-        finished (:func:`.answers.statement_end`) and is cut there: the labels read from it are the labels
-        the whole answer would give, at a fraction of the tokens. `full_answers` generates every answer to
-        `max_new_tokens` (for reading the descriptions that follow)."""
+    def ask_views(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score",
+                  full_answers: bool = False) -> list[list[str]]:
+        """`answers[v][i]`: the greedy answer about map i shown in view v (:mod:`.views`), for each of the
+        model's `info.views` views (view 0: the map as it is). A plain-style answer stops once the sentence
+        that states its type is finished (:func:`.answers.statement_end`) and is cut there: the labels read from
+        it are the labels the whole answer would give, at a fraction of the tokens. `full_answers` generates
+        every answer to `max_new_tokens` (for reading the descriptions that follow)."""
         import torch
         stop = not full_answers and self.info.answer_style == "plain"
-        out: list[str] = []
-        bar = tqdm(total=len(maps), desc=desc, unit="map", disable=not progress, mininterval=2.0)
-        for s in range(0, len(maps), max(1, batch_size)):
-            chunk = maps[s: s + batch_size]
-            inputs = self.processor(text=[self.prompt] * len(chunk), images=[self.image(m) for m in chunk],
-                                    padding=True, return_tensors="pt").to(self.device)
-            n_prompt = inputs["input_ids"].shape[1]
-            criteria = [_statement_stopper(self.processor.tokenizer, n_prompt, self.breaks())] if stop else None
-            with torch.inference_mode():
-                ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
-                                          stopping_criteria=criteria)
-            answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
-            ends = [statement_end(a) if stop else None for a in answers]
-            out += [a if end is None else a[:end] for a, end in zip(answers, ends)]
-            bar.update(len(chunk))
+        n_views = views.check_views(self.info.views)
+        out: list[list[str]] = []
+        bar = tqdm(total=len(maps) * n_views, desc=desc, unit="map" if n_views == 1 else "view", disable=not progress,
+                   mininterval=2.0)
+        for k in range(n_views):
+            shown, got = views.view_maps(maps, k), []
+            for s in range(0, len(shown), max(1, batch_size)):
+                chunk = shown[s: s + batch_size]
+                inputs = self.processor(text=[self.prompt] * len(chunk), images=[self.image(m) for m in chunk],
+                                        padding=True, return_tensors="pt").to(self.device)
+                n_prompt = inputs["input_ids"].shape[1]
+                criteria = [_statement_stopper(self.processor.tokenizer, n_prompt, self.breaks())] if stop else None
+                with torch.inference_mode():
+                    ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
+                                              stopping_criteria=criteria)
+                answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
+                ends = [statement_end(a) if stop else None for a in answers]
+                got += [(a if end is None else a[:end]).strip() for a, end in zip(answers, ends)]
+                bar.update(len(chunk))
+            out.append(got)
         bar.close()
-        return [a.strip() for a in out]
+        return out
+
+    def ask(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score",
+            full_answers: bool = False) -> list[str]:
+        """One answer per map: its greedy answer (:meth:`ask_views`), or with several views the answer of the
+        view that wins the vote (:func:`.views.voted`)."""
+        per_view = self.ask_views(maps, batch_size, progress, desc, full_answers)
+        if len(per_view) == 1:
+            return per_view[0]
+        _, winner, _ = views.voted([[parse_labels(a) for a in v] for v in per_view], len(per_view))
+        return [per_view[w][i] for i, w in enumerate(winner)]
 
 
 def _statement_stopper(tokenizer, n_prompt: int, breaks):
@@ -259,10 +279,11 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
                ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """(metrics, per-class table, per-map table) of a model on labelled maps (columns id, wafer_map, labels)."""
     t0 = time.perf_counter()
-    answers = asker.ask(list(maps["wafer_map"]), batch_size, progress, full_answers=full_answers)
+    per_view = asker.ask_views(list(maps["wafer_map"]), batch_size, progress, full_answers=full_answers)
     seconds = time.perf_counter() - t0
     true = [list(x) for x in maps["labels"]]
-    pred = [parse_labels(a) for a in answers]
+    pred, winner, agree = views.voted([[parse_labels(a) for a in v] for v in per_view], len(per_view))
+    answers = [per_view[w][i] for i, w in enumerate(winner)]
     b = bootstrap_scores(true, pred, n_bootstrap, seed)
     mixed = np.array([is_mixed(t) for t in true], bool)
     right = exact_matches(true, pred)
@@ -270,7 +291,7 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
     metrics = {**b, "n_maps": len(maps), "maps_per_second": len(maps) / seconds if seconds > 0 else None,
                "seconds": seconds, "unparsed_share": float(np.mean([not p for p in pred])),
                "answers": "whole" if full_answers or asker.info.answer_style != "plain" else "to the type statement",
-               "n_mixed": int(mixed.sum()),
+               "views": len(per_view), "n_mixed": int(mixed.sum()),
                "accuracy_single": float(right[~mixed].mean()) if (~mixed).any() else None,
                "accuracy_mixed": float(right[mixed].mean()) if mixed.any() else None}
     if mixed.any():
@@ -282,6 +303,9 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
                 for s in ("precision", "recall", "f1", "support")}
     per_map = pd.DataFrame({"id": maps["id"], "true": [label_key(t) for t in true],
                             "predicted": [label_key(p) for p in pred], "correct": right, "answer": answers})
+    if len(per_view) > 1:
+        per_map["views_agreeing"] = agree  # of the `views` views, how many named the predicted labels
+        per_map["answer_view"] = winner  # the view whose answer is shown (0: the map as it is, whenever it agrees)
     return metrics, per_class, per_map
 
 
@@ -305,10 +329,13 @@ def write_outputs(out: Path, metrics: dict, per_class: pd.DataFrame, per_map: pd
 def score_loaded(folder: Path, kind: str, maps: pd.DataFrame, skipped: int, data: str | Path,
                  out: str | Path | None = None, batch_size: int = 128, progress: bool = True,
                  n_bootstrap: int = 1000, seed: int = 0, device: str = "", max_maps: int = 0,
-                 full_answers: bool = False, record_paths=str) -> dict:
+                 full_answers: bool = False, record_paths=str, views_override: int | None = None) -> dict:
     """:func:`score` on maps already loaded (:func:`load_labelled`). `record_paths` turns the model folder and
-    the data file into the strings metrics.json records (the pipeline's: relative to the project root)."""
+    the data file into the strings metrics.json records (the pipeline's: relative to the project root).
+    `views_override` asks in that many views instead of the model's own `views` (wafersage.json)."""
     info = read_info(folder)
+    if views_override is not None:
+        info = replace(info, views=views.check_views(views_override, "views"))
     log.info("scoring %s (%s) on %d maps of %s", folder, kind, len(maps), data)
     asker = MapAsker(folder, kind, info, device)
     metrics, per_class, per_map = score_maps(asker, maps, batch_size, progress, n_bootstrap, seed, full_answers)
@@ -324,7 +351,7 @@ def score_loaded(folder: Path, kind: str, maps: pd.DataFrame, skipped: int, data
 
 def score(model: str | Path, data: str | Path, out: str | Path | None = None, max_maps: int = 0,
           batch_size: int = 128, progress: bool = True, n_bootstrap: int = 1000, seed: int = 0,
-          device: str = "", full_answers: bool = False) -> dict:
+          device: str = "", full_answers: bool = False, views_override: int | None = None) -> dict:
     """Score MODEL on the labelled maps of DATA; with `out`, write metrics.json, per_class.csv, per_map.csv.gz
     and confusion.png there. Returns the metrics (the per-class and per-map tables under '_per_class', '_per_map').
     Answers stop after the sentence that states the type unless `full_answers` (:meth:`MapAsker.ask`)."""
@@ -332,4 +359,4 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ma
     read_info(folder)  # refuse a folder without its metadata before loading any data
     maps, skipped = load_labelled(data, max_maps, seed)
     return score_loaded(folder, kind, maps, skipped, data, out, batch_size, progress, n_bootstrap, seed, device,
-                        max_maps, full_answers)
+                        max_maps, full_answers, views_override=views_override)

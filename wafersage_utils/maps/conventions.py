@@ -88,3 +88,12 @@ def clock_hour(theta_deg: float) -> int:
 
 #: Fixed palette for no die / pass / fail (RGB), used by every figure and by image rendering.
 PALETTE: tuple[tuple[int, int, int], ...] = ((255, 255, 255), (158, 202, 225), (178, 24, 43))
+
+
+def symmetry(wafer_map: np.ndarray, k: int) -> np.ndarray:
+    """The map under the k-th symmetry of the square (0 <= k < 8): k % 4 quarter turns counter-clockwise,
+    then mirrored left-right when k >= 4. k = 0 is the map itself."""
+    if not 0 <= k < 8:
+        raise ValueError(f"symmetry index {k}: expected 0 to 7")
+    out = np.rot90(wafer_map, k % 4)
+    return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)

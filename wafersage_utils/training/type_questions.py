@@ -26,20 +26,11 @@ import numpy as np
 import pandas as pd
 
 from ..corpus.vqa import TEMPLATES, type_sentence
-from ..maps.conventions import NONE_LABEL
+from ..maps.conventions import NONE_LABEL, symmetry
 from ..maps.render import render_cached
 
 TYPE_QUESTIONS = [t.text for t in TEMPLATES if t.category == "defect_type"]
 AUGMENT = ("none", "repeats", "all")
-
-
-def symmetry(wafer_map: np.ndarray, k: int) -> np.ndarray:
-    """The map under the k-th symmetry of the square (0 <= k < 8): k % 4 quarter turns counter-clockwise,
-    then mirrored left-right when k >= 4. k = 0 is the map itself."""
-    if not 0 <= k < 8:
-        raise ValueError(f"symmetry index {k}: expected 0 to 7")
-    out = np.rot90(wafer_map, k % 4)
-    return np.ascontiguousarray(out[:, ::-1] if k >= 4 else out)
 
 
 def stream_maps(maps: pd.DataFrame, exclude_wafers, none_ratio: float = 0.0, class_floor: int = 0,

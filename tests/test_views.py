@@ -1,0 +1,167 @@
+"""Asking about each map in several views and voting (evaluation/views.py): the vote, the choice on validation,
+and the scorer asking a model in the views its wafersage.json names."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.test_scorer import ANSWER, typist  # noqa: F401  (the module fixture: a model that always says ANSWER)
+from wafersage_utils import recipe
+from wafersage_utils import score as score_cli
+from wafersage_utils.evaluation import calibration, model_info, scorer, views
+from wafersage_utils.maps.conventions import NONE_LABEL, symmetry
+
+RING, LOC, NONE = ["Edge-Ring"], ["Loc"], [NONE_LABEL]
+
+
+def test_the_most_named_label_set_wins_and_a_tie_goes_to_the_earliest_view():
+    assert views.vote([LOC, RING, RING, LOC]) == 0  # 2-2: the map as it is decides
+    assert views.vote([LOC, RING, RING, NONE]) == 1  # 2 of 4 name the ring
+    assert views.vote([NONE, LOC, RING, ["Loc", "Scratch"]]) == 0  # all differ: view 0
+    assert views.vote([["Scratch", "Loc"], ["Loc", "Scratch"], RING]) == 0  # a label set, in any order
+    assert views.vote([[], [], RING]) == 0  # two answers that name nothing outvote one ring
+    with pytest.raises(ValueError, match="no views"):
+        views.vote([])
+
+
+def test_voted_reports_the_winner_and_how_many_views_agree():
+    per_view = [[RING, LOC, NONE], [RING, RING, LOC], [LOC, RING, NONE], [RING, NONE, LOC]]
+    labels, winner, agree = views.voted(per_view, 4)
+    assert labels == [RING, RING, NONE]
+    assert winner.tolist() == [0, 1, 0] and agree.tolist() == [3, 2, 2]
+    labels, winner, agree = views.voted(per_view, 1)  # one view: the map as it is, always
+    assert labels == per_view[0] and winner.tolist() == [0, 0, 0] and agree.tolist() == [1, 1, 1]
+
+
+def test_view_maps_are_the_symmetries_of_the_die_grid():
+    m = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    shown = [views.view_maps([m], k)[0] for k in range(8)]
+    assert shown[0] is m and shown[1].shape == (4, 3)
+    assert all(np.array_equal(s, symmetry(m, k)) for k, s in enumerate(shown))
+    assert len({s.tobytes() + bytes(s.shape) for s in shown}) == 8
+
+
+def test_sweep_scores_each_view_and_each_vote_and_choose_prefers_fewer_views_on_a_tie():
+    true = [RING, LOC, NONE, RING]
+    per_view = [[RING, RING, NONE, LOC], [RING, LOC, NONE, RING], [LOC, LOC, NONE, RING], [RING, NONE, NONE, RING]]
+    table = views.sweep(true, per_view, (1, 4))
+    assert list(table["what"]) == ["view 0 alone", "view 1 alone", "view 2 alone", "view 3 alone", "vote over 4 views"]
+    vote4 = table.iloc[-1]
+    assert vote4["accuracy"] == 1.0  # every map: 2 or more of 4 views are right and view 0 breaks the 2-2 ties
+    assert table.iloc[0]["accuracy"] == 0.5
+    assert views.choose(table, (1, 4)) == 4
+    even = pd.DataFrame({"what": ["view 0 alone", "vote over 4 views"], "views": [1, 4], "view": [0, -1],
+                         "accuracy": [0.9, 0.9], "macro_f1": [0.8, 0.8], "mean": [0.85, 0.85]})
+    assert views.choose(even, (1, 4)) == 1
+
+
+@pytest.mark.parametrize("bad", [0, 2, 3, True, "4", 4.0, None])
+def test_a_view_count_outside_1_4_8_is_refused_with_its_name(bad):
+    with pytest.raises(ValueError, match="type_views.*expected one of \\[1, 4, 8\\]"):
+        views.check_views(bad, "type_views")
+
+
+def test_recipe_checks_type_views():
+    assert recipe.rule_for("05_sft", "type_views")([1, 4, 8]) is None
+    for bad in ([], [3], ["4"], 4, [True]):
+        assert "expected a non-empty list" in recipe.rule_for("05_sft", "type_views")(bad)
+
+
+def test_views_round_trip_in_the_metadata_and_a_bad_count_is_named(tmp_path):
+    info = model_info.info_for_run(64, "plain", "tiny", {"source": "test"}, views=4)
+    model_info.write_info(tmp_path, info)
+    assert model_info.read_info(tmp_path).views == 4
+    raw = json.loads((tmp_path / model_info.INFO_FILE).read_text())
+    (tmp_path / model_info.INFO_FILE).write_text(json.dumps({**raw, "views": 5}))
+    with pytest.raises(ValueError, match="wafersage.json: field 'views': 5; expected one of"):
+        model_info.read_info(tmp_path)
+    del raw["views"]  # a folder exported before views existed is asked in one view
+    (tmp_path / model_info.INFO_FILE).write_text(json.dumps(raw))
+    assert model_info.read_info(tmp_path).views == 1
+
+
+def test_the_card_says_how_many_views_the_scorer_asks():
+    one = model_info.model_card(model_info.info_for_run(64, "plain", "tiny", {}), {}, {})
+    four = model_info.model_card(model_info.info_for_run(64, "plain", "tiny", {}, views=4), {}, {})
+    assert "views" not in one and "`views: 4`" in four and "4 views" in four
+
+
+class _Asker:
+    """Stands in for MapAsker: fixed answers per view (score_maps reads only ask_views and info)."""
+
+    def __init__(self, per_view: list[list[str]]):
+        self.per_view = per_view
+        self.info = SimpleNamespace(answer_style="plain", views=len(per_view))
+
+    def ask_views(self, maps, batch_size=128, progress=True, desc="score", full_answers=False):
+        assert len(maps) == len(self.per_view[0])
+        return self.per_view
+
+
+def test_score_maps_scores_the_vote_and_records_each_maps_agreement():
+    ring, loc, none = ("This wafer map shows an edge-ring defect pattern.", "This wafer map shows a local (Loc) "
+                       "defect pattern.", "This wafer map shows no defect pattern.")
+    maps = pd.DataFrame({"id": ["a", "b", "c"], "wafer_map": [np.ones((4, 4), np.uint8)] * 3,
+                         "labels": [RING, LOC, NONE]})
+    per_view = [[loc, loc, none], [ring, loc, ring], [ring, ring, none], [ring, none, ring]]
+    metrics, _, per_map = scorer.score_maps(_Asker(per_view), maps, progress=False, n_bootstrap=10)
+    assert metrics["views"] == 4
+    assert per_map["predicted"].tolist() == ["Edge-Ring", "Loc", "none"]  # map c: 2-2, view 0 decides
+    assert metrics["accuracy"] == 1.0
+    assert per_map["views_agreeing"].tolist() == [3, 2, 2] and per_map["answer_view"].tolist() == [1, 0, 0]
+    assert per_map["answer"].tolist() == [ring, loc, none]  # the earliest agreeing view's words
+    one, _, plain = scorer.score_maps(_Asker(per_view[:1]), maps, progress=False, n_bootstrap=10)
+    assert one["views"] == 1 and one["accuracy"] == pytest.approx(2 / 3) and "views_agreeing" not in plain
+
+
+def test_the_scorer_asks_the_model_in_its_views_each_turned(typist, tmp_path):  # noqa: F811
+    folder = tmp_path / "model"
+    import shutil
+    shutil.copytree(typist, folder)
+    model_info.write_info(folder, replace(model_info.read_info(folder), views=4))
+    asker = scorer.MapAsker(*scorer.resolve_model(folder), model_info.read_info(folder))
+    shapes, image = [], asker.image
+    asker.image = lambda m: (shapes.append(m.shape), image(m))[1]
+    rng = np.random.default_rng(3)
+    maps = [rng.integers(0, 3, (30, 40)).astype(np.uint8) for _ in range(3)]
+    per_view = asker.ask_views(maps, batch_size=2, progress=False)
+    assert len(per_view) == 4 and all(a == ANSWER for v in per_view for a in v)
+    assert shapes == [(30, 40)] * 3 + [(40, 30)] * 3 + [(30, 40)] * 3 + [(40, 30)] * 3  # turned before rendering
+    data = pd.DataFrame({"id": ["a", "b", "c"], "wafer_map": maps, "labels": [RING, LOC, RING]})
+    metrics, _, per_map = scorer.score_maps(asker, data, progress=False, n_bootstrap=10)
+    assert metrics["views"] == 4 and per_map["views_agreeing"].tolist() == [4, 4, 4]
+    assert metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_choose_views_saves_a_single_candidate_without_asking_and_a_choice_with_its_table(typist, tmp_path):  # noqa: F811
+    import shutil
+    folder = tmp_path / "model"
+    shutil.copytree(typist, folder)
+    rng = np.random.default_rng(4)
+    maps = pd.DataFrame({"wafer_map": [rng.integers(0, 3, (30, 30)).astype(np.uint8) for _ in range(4)],
+                         "labels": [RING, RING, LOC, RING]})
+    got = calibration.choose_views(folder, maps, [4])
+    assert got["views"] == 4 and got["table"] is None and model_info.read_info(folder).views == 4
+    got = calibration.choose_views(folder, maps, [1, 4], batch_size=3, progress=False)
+    assert got["table"]["what"].tolist()[-1] == "vote over 4 views" and len(got["per_view"]) == 4
+    assert got["views"] == 1  # every view says the same: no gain, so the cheaper count
+    assert model_info.read_info(folder).views == 1
+    assert got["table"]["accuracy"].tolist() == [0.75] * 5
+
+
+def test_the_score_command_overrides_the_models_views(typist, tmp_path, capsys):  # noqa: F811
+    from tests.conftest import real_file
+    out, sample = tmp_path / "scores", real_file("wm811k").parent / "LSWMD_sample.pkl"
+    assert score_cli.main([str(typist), str(sample), "--out", str(out), "--max-maps", "6", "--views", "4", "--quiet",
+                           "--bootstrap", "10"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["views"] == 4 and metrics["model_info"]["views"] == 4
+    assert model_info.read_info(typist).views == 1  # the override is the command's, not written to the model
+    with pytest.raises(SystemExit):
+        score_cli.main([str(typist), str(sample), "--views", "3", "--quiet"])
+    assert "invalid choice: 3" in capsys.readouterr().err
