@@ -25,6 +25,9 @@ def test_committed_notebook_has_no_outputs_and_one_parameters_cell(path):
     assert all(p.help for p in params.values()), "every parameter carries a trailing comment"
     first = nb["cells"][0]
     assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")
+    ids = [c.get("id") for c in nb["cells"]]  # nbformat 4.5: every cell an id, unique (papermill's warning otherwise)
+    assert nb["nbformat"] == 4 and nb["nbformat_minor"] >= 5 and all(ids) and len(set(ids)) == len(ids), \
+        f"{path.name}: cells without an id or with a repeated one: {[i for i, x in enumerate(ids) if not x]}"
 
 
 def test_notebooks_are_numbered_in_run_order():
