@@ -207,7 +207,7 @@ class SFTSettings(StageSettings):
     type_stream_class_floor: int = 0  # type stream: a rarer class's maps asked again, in other wordings, until it has this many questions (at most 8 per map); 0: never
     type_stream_augment: str = "none"  # type stream: maps shown turned or mirrored (a defect type does not depend on orientation) | repeats (a map asked again for the floor, in another symmetry each time) | all (every question; training/type_questions.py); on WM-811K neither moved validation beyond a seed's spread
     calibrate_none: bool = False  # choose, on every labelled validation map, a bias on the word that calls a map defect-free and save it in the model's generation config (evaluation/calibration.py): the type stream's mix under-states defect-free maps
-    type_views: list = field(default_factory=lambda: [1])  # views each map is asked in, the answers voted (evaluation/views.py): 1 as it is, 4 quarter turns, 8 with mirrors; several: chosen on every labelled validation map (after the defect-free bias) and saved with the model
+    type_views: list = field(default_factory=lambda: [1, 4])  # views each map is asked in, the answers voted (evaluation/views.py): 1 as it is, 4 quarter turns, 8 with mirrors; several: chosen on every labelled validation map (after the defect-free bias) and saved with the model. Not 8 here: each view is another pass of sim-to-real's 30,501 real maps (48 s)
     lora: bool = True  # LoRA adapters (the paper); false trains every weight of the base (tiny model: it is small enough)
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale alpha / r)
