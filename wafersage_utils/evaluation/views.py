@@ -5,9 +5,8 @@ not), but a small model's answer is not: it answers a map turned by a quarter di
 is on some maps near its decision boundaries. Asking the same question about the map in several views and
 taking the answer most views give (test-time augmentation) averages that out. It costs one generation per
 view, so it is a choice per model, made on validation maps like the defect-free bias
-(:func:`.calibration.choose_views`),
-and saved with the model (`views` in `wafersage.json`): the scorer, stages 05 to 07 and sim-to-real then ask
-every map in that many views. The model card's `pipeline(...)` snippet and `make serve` ask one view.
+(:func:`.calibration.choose_views`) and saved with the model (`views` in `wafersage.json`): the scorer, stages
+05 to 07 and sim-to-real then ask every map in that many views. The model card's `pipeline(...)` snippet and `make serve` ask one view.
 
 Views. `views = 1`: the map as it is; 4: its four quarter turns; 8: those and their mirror images
 (:func:`..maps.conventions.symmetry`, view 0 always the map itself). The maps are turned as die grids,
@@ -67,7 +66,8 @@ def voted(per_view: list[list[list[str]]], views: int) -> tuple[list[list[str]],
 
 def sweep(true: list[list[str]], per_view: list[list[list[str]]], candidates=VIEW_COUNTS) -> pd.DataFrame:
     """Accuracy and macro-F1 of each single view and of the vote over each candidate count (rows: what, views,
-    accuracy, macro_f1, mean)."""
+    view, accuracy, macro_f1, mean). `views` is the count a row stands for as a candidate: 1 for view 0 alone,
+    the count for a vote, 0 for a turned view alone (shown, never chosen); `view` is the single view (-1: a vote)."""
     rows = []
     for v, pred in enumerate(per_view):
         rows.append({"what": f"view {v} alone", "views": 1 if v == 0 else 0, "view": v, "pred": pred})
@@ -85,8 +85,7 @@ def sweep(true: list[list[str]], per_view: list[list[list[str]]], candidates=VIE
 
 def choose(table: pd.DataFrame, candidates=VIEW_COUNTS) -> int:
     """The candidate count whose vote has the best mean of accuracy and macro-F1; ties to fewer views."""
-    rows = table[table["views"].isin([c for c in candidates if c >= 1])].sort_values(["mean", "views"],
-                                                                                      ascending=[False, True])
+    rows = table[table["views"].isin(list(candidates))]
     best = rows["mean"].max()
     return int(rows[rows["mean"] >= best - 1e-12]["views"].min())
 
