@@ -138,6 +138,25 @@ def test_the_scorer_asks_the_model_in_its_views_each_turned(typist, tmp_path):  
     assert metrics["accuracy"] == pytest.approx(2 / 3)
 
 
+def test_ask_returns_the_winning_views_answer_and_one_view_as_it_is(typist, monkeypatch):  # noqa: F811
+    ring, loc, none = ("This wafer map shows an edge-ring defect pattern.", "This wafer map shows a local (Loc) "
+                       "defect pattern.", "This wafer map shows no defect pattern.")
+    asker = scorer.MapAsker(*scorer.resolve_model(typist), model_info.read_info(typist))
+    per_view = [[loc, none], [ring, loc], [ring, loc], [none, none]]
+    monkeypatch.setattr(asker, "ask_views", lambda *a, **k: per_view)
+    assert asker.ask([None, None], progress=False) == [ring, none]  # map 1: loc 2, none 2, view 0 (none) decides
+    monkeypatch.setattr(asker, "ask_views", lambda *a, **k: per_view[:1])
+    assert asker.ask([None, None], progress=False) == [loc, none]
+
+
+def test_table_metrics_flatten_every_row_of_the_sweep():
+    table = views.sweep([RING, LOC], [[RING, RING], [RING, LOC], [LOC, LOC], [RING, LOC]], (1, 4))
+    got = views.table_metrics(table, "sft/views_val")
+    assert len(got) == 2 * len(table)
+    assert got["sft/views_val/view_0_alone/accuracy"] == 0.5
+    assert got["sft/views_val/vote_over_4_views/accuracy"] == 1.0
+
+
 def test_choose_views_saves_a_single_candidate_without_asking_and_a_choice_with_its_table(typist, tmp_path):  # noqa: F811
     import shutil
     folder = tmp_path / "model"

@@ -348,7 +348,7 @@ def _optional_seed(v):
     return None if v is None or v >= 0 else "expected None (use seed) or >= 0"
 
 
-def _views(v):
+def _views(v):  # the counts of maps.conventions.VIEW_COUNTS, spelt out: the recipe imports nothing of the package
     ok = isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) and x in (1, 4, 8) for x in v)
     return None if ok else "expected a non-empty list of view counts, each 1, 4 or 8"
 

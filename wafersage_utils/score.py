@@ -13,6 +13,7 @@ import logging
 import sys
 
 from .evaluation.model_info import MissingModelInfo
+from .maps.conventions import VIEW_COUNTS
 from .evaluation.scorer import score
 
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
     ap.add_argument("--full-answers", action="store_true",
                     help="generate each answer to its end (default: stop after the sentence that states the type)")
-    ap.add_argument("--views", type=int, default=None, choices=(1, 4, 8),
+    ap.add_argument("--views", type=int, default=None, choices=VIEW_COUNTS,
                     help="ask each map in this many views and vote (default: the model's own, from wafersage.json)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

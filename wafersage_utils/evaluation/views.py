@@ -23,11 +23,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from ..maps.conventions import label_key, symmetry
+from ..maps.conventions import VIEW_COUNTS, label_key, symmetry
 from .classification import exact_matches, macro_f1
-
-#: The view counts a model can be asked in.
-VIEW_COUNTS = (1, 4, 8)
 
 
 def check_views(views, where: str = "views") -> int:
@@ -88,6 +85,12 @@ def choose(table: pd.DataFrame, candidates=VIEW_COUNTS) -> int:
     rows = table[table["views"].isin(list(candidates))]
     best = rows["mean"].max()
     return int(rows[rows["mean"] >= best - 1e-12]["views"].min())
+
+
+def table_metrics(table: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """The sweep as flat metrics: `<prefix>/<what, spaces as _>/accuracy` and `.../macro_f1` per row."""
+    return {f"{prefix}/{w.replace(' ', '_')}/{m}": float(v) for w, row in table.set_index("what").iterrows()
+            for m, v in (("accuracy", row["accuracy"]), ("macro_f1", row["macro_f1"]))}
 
 
 def figure(table: pd.DataFrame, chosen: int, title: str = ""):

@@ -90,6 +90,10 @@ def clock_hour(theta_deg: float) -> int:
 PALETTE: tuple[tuple[int, int, int], ...] = ((255, 255, 255), (158, 202, 225), (178, 24, 43))
 
 
+#: How many of the symmetries below a map can be shown in: itself, its quarter turns, those and their mirrors.
+VIEW_COUNTS = (1, 4, 8)
+
+
 def symmetry(wafer_map: np.ndarray, k: int) -> np.ndarray:
     """The map under the k-th symmetry of the square (0 <= k < 8): k % 4 quarter turns counter-clockwise,
     then mirrored left-right when k >= 4. k = 0 is the map itself."""
