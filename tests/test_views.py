@@ -14,7 +14,8 @@ from tests.test_scorer import ANSWER, typist  # noqa: F401  (the module fixture:
 from wafersage_utils import recipe
 from wafersage_utils import score as score_cli
 from wafersage_utils.evaluation import calibration, model_info, scorer, views
-from wafersage_utils.maps.conventions import NONE_LABEL, symmetry
+from wafersage_utils.evaluation.answers import parse_labels
+from wafersage_utils.maps.conventions import NONE_LABEL, label_key, symmetry
 
 RING, LOC, NONE = ["Edge-Ring"], ["Loc"], [NONE_LABEL]
 
@@ -36,6 +37,41 @@ def test_voted_reports_the_winner_and_how_many_views_agree():
     assert winner.tolist() == [0, 1, 0] and agree.tolist() == [3, 2, 2]
     labels, winner, agree = views.voted(per_view, 1)  # one view: the map as it is, always
     assert labels == per_view[0] and winner.tolist() == [0, 0, 0] and agree.tolist() == [1, 1, 1]
+
+
+def test_a_vote_is_settled_once_no_remaining_views_can_change_it():
+    assert views.settled([LOC, LOC], 4)  # two more can only tie, and view 0 holds the tie
+    assert not views.settled([LOC, RING], 4)
+    assert views.settled([LOC, RING, LOC], 4) and not views.settled([LOC, RING, RING], 4)  # ring 2, loc 1 + 1 holds
+    assert not views.settled([NONE, NONE, NONE], 8) and views.settled([NONE] * 4, 8)  # 4 new ones would tie, lose
+    assert views.settled([RING], 1) and not views.settled([], 4) and views.settled([LOC, RING, NONE, RING], 4)
+
+
+@pytest.mark.parametrize("total", [4, 8])
+def test_settled_is_exact_every_completion_keeps_the_winner_iff_settled(total):
+    """Against brute force: a prefix is settled exactly when no way of naming the remaining views (any mix of
+    the sets seen and one new set) changes the winning label set; and voting with the settled views left out
+    (None) gives the full vote's labels and winner."""
+    import itertools
+    sets = [LOC, RING, NONE, ["Loc", "Scratch"]]
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(300 if total == 8 else 600):
+        full = [sets[i] for i in rng.integers(0, 3, total)]  # three sets: ties are common
+        for k in range(1, total + 1):
+            prefix = full[:k]
+            completions = [prefix + list(rest) for rest in itertools.product(sets, repeat=total - k)] \
+                if total - k <= 4 else None
+            winners = None if completions is None else {label_key(c[views.vote(c)]) for c in completions}
+            if winners is not None:
+                assert views.settled(prefix, total) == (len(winners) == 1), (prefix, total)
+                checked += 1
+            if views.settled(prefix, total):
+                masked = [[x] for x in prefix] + [[None]] * (total - k)
+                labels, winner, _ = views.voted(masked, total)
+                assert labels[0] == full[views.vote(full)] and winner[0] == views.vote(full)
+                break
+    assert checked > 500
 
 
 def test_view_maps_are_the_symmetries_of_the_die_grid():
@@ -98,9 +134,18 @@ class _Asker:
         self.per_view = per_view
         self.info = SimpleNamespace(answer_style="plain", views=len(per_view))
 
-    def ask_views(self, maps, batch_size=128, progress=True, desc="score", full_answers=False):
+    def ask_views(self, maps, batch_size=128, progress=True, desc="score", full_answers=False, settle=False):
         assert len(maps) == len(self.per_view[0])
-        return self.per_view
+        if not settle:
+            return self.per_view
+        n, out = len(self.per_view), [list(v) for v in self.per_view]  # MapAsker's settling, on fixed answers
+        for i in range(len(maps)):
+            for k in range(1, n):
+                if views.settled([parse_labels(out[v][i]) for v in range(k)], n):
+                    for v in range(k, n):
+                        out[v][i] = None
+                    break
+        return out
 
 
 def test_score_maps_scores_the_vote_and_records_each_maps_agreement():
@@ -114,6 +159,8 @@ def test_score_maps_scores_the_vote_and_records_each_maps_agreement():
     assert per_map["predicted"].tolist() == ["Edge-Ring", "Loc", "none"]  # map c: 2-2, view 0 decides
     assert metrics["accuracy"] == 1.0
     assert per_map["views_agreeing"].tolist() == [3, 2, 2] and per_map["answer_view"].tolist() == [1, 0, 0]
+    assert per_map["views_asked"].tolist() == [4, 2, 3]  # b: views 0 and 1 agree; c: none 2, ring 1, one left
+    assert metrics["views_asked_per_map"] == pytest.approx(3.0)
     assert per_map["answer"].tolist() == [ring, loc, none]  # the earliest agreeing view's words
     one, _, plain = scorer.score_maps(_Asker(per_view[:1]), maps, progress=False, n_bootstrap=10)
     assert one["views"] == 1 and one["accuracy"] == pytest.approx(2 / 3) and "views_agreeing" not in plain
@@ -133,9 +180,14 @@ def test_the_scorer_asks_the_model_in_its_views_each_turned(typist, tmp_path):  
     assert len(per_view) == 4 and all(a == ANSWER for v in per_view for a in v)
     assert shapes == [(30, 40)] * 3 + [(40, 30)] * 3 + [(30, 40)] * 3 + [(40, 30)] * 3  # turned before rendering
     data = pd.DataFrame({"id": ["a", "b", "c"], "wafer_map": maps, "labels": [RING, LOC, RING]})
+    shapes.clear()
     metrics, _, per_map = scorer.score_maps(asker, data, progress=False, n_bootstrap=10)
-    assert metrics["views"] == 4 and per_map["views_agreeing"].tolist() == [4, 4, 4]
+    assert shapes == [(30, 40)] * 3 + [(40, 30)] * 3  # views 0 and 1 agree on every map: the vote is settled
+    assert metrics["views"] == 4 and per_map["views_agreeing"].tolist() == [2, 2, 2]
+    assert per_map["views_asked"].tolist() == [2, 2, 2] and metrics["views_asked_per_map"] == 2.0
     assert metrics["accuracy"] == pytest.approx(2 / 3)
+    settled = asker.ask_views(maps, batch_size=2, progress=False, settle=True)
+    assert settled[:2] == per_view[:2] and settled[2:] == [[None] * 3] * 2
 
 
 def test_ask_returns_the_winning_views_answer_and_one_view_as_it_is(typist, monkeypatch):  # noqa: F811

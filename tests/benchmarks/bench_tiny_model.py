@@ -16,7 +16,10 @@ same model on the same examples twice in this process, the old path first:
   use it (batches of `eval_batch_size`, grouped by length);
 - defect-type answers as the scorer asks them (sim-to-real on 30,501 real maps, stage 07's type check,
   `wafersage-score`) on validation maps: old = whole answers; new = each stopped after the sentence that
-  states the type (the labels must be the same: `same_labels_share`).
+  states the type (the labels must be the same: `same_labels_share`);
+- the vote over four turned views (`views: 4` in a model's `wafersage.json`) on the same maps: old = every view
+  asked about every map; new = each further view asked only while the map's vote is open (`views.settled`;
+  the same labels: `same_labels_share`). Its FLOPs per sample: a type answer's times the views it asks per map.
 
 Per row: samples per second over the training steps after the first three (and, for the new path, with the
 one-time encoding counted in), FLOPs per sample counted by torch's FlopCounterMode on single examples (matrix
@@ -143,7 +146,8 @@ def type_answer_rate(model_dir: str, wafer_maps: list, batch_size: int, full: bo
     """Defect-type answers per second as the scorer asks them (sim-to-real, 07's type check, wafersage-score):
     whole answers (the old path) or stopped after the type statement (the new)."""
     from wafersage_utils.evaluation import model_info, scorer
-    asker = scorer.MapAsker(Path(model_dir), "merged", model_info.read_info(Path(model_dir)))
+    info = replace(model_info.read_info(Path(model_dir)), views=1)  # one view: the vote has its own row
+    asker = scorer.MapAsker(Path(model_dir), "merged", info)
     asker.ask(wafer_maps[:8], 8, progress=False, full_answers=full)  # load and warm up
     t0 = time.perf_counter()
     answers = asker.ask(wafer_maps, batch_size, progress=False, full_answers=full)
@@ -151,12 +155,29 @@ def type_answer_rate(model_dir: str, wafer_maps: list, batch_size: int, full: bo
     return {"samples_per_second": round(len(wafer_maps) / dt, 1), "wall_s": round(dt, 1), "answers": answers}
 
 
+def vote_rate(model_dir: str, wafer_maps: list, batch_size: int, settle: bool, n_views: int = 4) -> dict:
+    """Maps per second of the vote over `n_views` turned views as the scorer asks it: every view about every map
+    (the old path) or each further view only while a map's vote is open (`settle`, the new)."""
+    from wafersage_utils.evaluation import model_info, scorer, views
+    from wafersage_utils.evaluation.answers import parse_labels
+    info = replace(model_info.read_info(Path(model_dir)), views=n_views)
+    asker = scorer.MapAsker(Path(model_dir), "merged", info)
+    asker.ask_views(wafer_maps[:8], 8, progress=False)  # load and warm up
+    t0 = time.perf_counter()
+    per_view = asker.ask_views(wafer_maps, batch_size, progress=False, settle=settle)
+    dt = time.perf_counter() - t0
+    labels = views.voted([[None if a is None else parse_labels(a) for a in v] for v in per_view], n_views)[0]
+    asked = sum(a is not None for v in per_view for a in v) / len(wafer_maps)
+    return {"samples_per_second": round(len(wafer_maps) / dt, 1), "wall_s": round(dt, 1), "labels": labels,
+            "views_asked_per_map": round(asked, 2)}
+
+
 def type_answer_flops(model_dir: str, wafer_maps: list, full: bool, n: int = 8) -> float:
     """Mean FLOPs of one defect-type answer alone, asked as the scorer asks it."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from wafersage_utils.evaluation import model_info, scorer
-    asker = scorer.MapAsker(Path(model_dir), "merged", model_info.read_info(Path(model_dir)))
+    asker = scorer.MapAsker(Path(model_dir), "merged", replace(model_info.read_info(Path(model_dir)), views=1))
     with FlopCounterMode(display=False) as counter:
         for m in wafer_maps[:n]:
             asker.ask([m], 1, progress=False, full_answers=full)
@@ -250,6 +271,17 @@ def main(argv=None) -> int:
     same = sum(parse_labels(a) == parse_labels(b) for a, b in zip(old.pop("answers"), new.pop("answers")))
     rows.append(row("type answers", old, new, type_answer_flops(merged, wafer_maps, full=False), top)
                 | {"same_labels_share": round(same / len(wafer_maps), 3)})
+    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+
+    # The vote over four turned views (a model whose wafersage.json says `views: 4`): every view asked about
+    # every map, then each further view only while the map's vote is open (the same labels by construction).
+    old = vote_rate(merged, wafer_maps, int(p07["eval_batch_size"]), settle=False)
+    new = vote_rate(merged, wafer_maps, int(p07["eval_batch_size"]), settle=True)
+    same = sum(a == b for a, b in zip(old.pop("labels"), new.pop("labels")))
+    flops = new["views_asked_per_map"] * type_answer_flops(merged, wafer_maps, full=False)  # the work it does
+    rows.append(row("4-view vote", old, new, flops, top)
+                | {"same_labels_share": round(same / len(wafer_maps), 3),
+                   "views_asked_per_map": new["views_asked_per_map"]})
     print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
     print(f"\n{'path':16} {'old/s':>8} {'new/s':>8} {'ratio':>6} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of peak':>8}")

@@ -11,8 +11,10 @@ Written to --out: `metrics.json` (stable keys: accuracy, macro_f1, n_maps, maps_
 mixed maps also exact_match and pattern_macro_f1), `per_class.csv` (precision, recall, F1 with 95% bootstrap
 intervals), `per_map.csv.gz` (id, true, predicted, correct, raw answer) and `confusion.png`. A model whose
 `wafersage.json` sets `views` above 1 is asked about each map in that many views (quarter turns, mirrored) and
-the label set most views name is its prediction (:mod:`.views`; `views` in metrics.json, the agreeing views
-per map in per_map.csv.gz); `--views N` overrides it. A plain answer
+the label set most views name is its prediction (:mod:`.views`; `views` in metrics.json, the views asked and
+agreeing per map in per_map.csv.gz). A further view is asked only about the maps whose vote the views before it
+left open, so the prediction is the full vote's at fewer passes (`views_asked_per_map`); `--views N` overrides
+the count. A plain answer
 is generated up to the end of the sentence that states the type, which is all the parser reads (the same
 labels as the whole answer; 1.3x the maps per second in `bench_tiny_model.py`); `--full-answers` generates
 each to its end.
@@ -127,46 +129,63 @@ class MapAsker:
         return Image.fromarray(render_array(m, self.info.image_size, self.lut))
 
     def ask_views(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score",
-                  full_answers: bool = False) -> list[list[str]]:
+                  full_answers: bool = False, settle: bool = False) -> list[list[str | None]]:
         """`answers[v][i]`: the greedy answer about map i shown in view v (:mod:`.views`), for each of the
         model's `info.views` views (view 0: the map as it is). A plain-style answer stops once the sentence
         that states its type is finished (:func:`.answers.statement_end`) and is cut there: the labels read from
         it are the labels the whole answer would give, at a fraction of the tokens. `full_answers` generates
-        every answer to `max_new_tokens` (for reading the descriptions that follow)."""
-        import torch
-        stop = not full_answers and self.info.answer_style == "plain"
+        every answer to `max_new_tokens` (for reading the descriptions that follow). `settle` asks a view only
+        about the maps whose vote the views before it have not settled (:func:`.views.settled`); the others'
+        entries are None."""
         n_views = views.check_views(self.info.views)
-        out: list[list[str]] = []
+        out: list[list[str | None]] = []
         bar = tqdm(total=len(maps) * n_views, desc=desc, unit="map" if n_views == 1 else "view", disable=not progress,
                    mininterval=2.0)
+        so_far: list[list[list[str]]] = [[] for _ in maps]  # labels each map's asked views gave
         for k in range(n_views):
-            shown, got = views.view_maps(maps, k), []
+            todo = [i for i in range(len(maps)) if not (settle and k and views.settled(so_far[i], n_views))]
+            got: list[str | None] = [None] * len(maps)
+            shown = views.view_maps([maps[i] for i in todo], k)
             for s in range(0, len(shown), max(1, batch_size)):
                 chunk = shown[s: s + batch_size]
-                inputs = self.processor(text=[self.prompt] * len(chunk), images=[self.image(m) for m in chunk],
-                                        padding=True, return_tensors="pt").to(self.device)
-                n_prompt = inputs["input_ids"].shape[1]
-                criteria = [_statement_stopper(self.processor.tokenizer, n_prompt, self.breaks())] if stop else None
-                with torch.inference_mode():
-                    ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
-                                              stopping_criteria=criteria)
-                answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
-                ends = [statement_end(a) if stop else None for a in answers]
-                got += [(a if end is None else a[:end]).strip() for a, end in zip(answers, ends)]
+                for i, a in zip(todo[s: s + batch_size], self._generate(chunk, full_answers)):
+                    got[i] = a
+                    so_far[i].append(parse_labels(a))
                 bar.update(len(chunk))
+            bar.update(len(maps) - len(todo))
             out.append(got)
         bar.close()
         return out
 
+    def _generate(self, images: list[np.ndarray], full_answers: bool) -> list[str]:
+        """The greedy answers about one batch of maps, each cut after its type statement unless `full_answers`."""
+        import torch
+        stop = not full_answers and self.info.answer_style == "plain"
+        inputs = self.processor(text=[self.prompt] * len(images), images=[self.image(m) for m in images],
+                                padding=True, return_tensors="pt").to(self.device)
+        n_prompt = inputs["input_ids"].shape[1]
+        criteria = [_statement_stopper(self.processor.tokenizer, n_prompt, self.breaks())] if stop else None
+        with torch.inference_mode():
+            ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
+                                      stopping_criteria=criteria)
+        answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
+        ends = [statement_end(a) if stop else None for a in answers]
+        return [(a if end is None else a[:end]).strip() for a, end in zip(answers, ends)]
+
     def ask(self, maps: list[np.ndarray], batch_size: int = 128, progress: bool = True, desc: str = "score",
             full_answers: bool = False) -> list[str]:
         """One answer per map: its greedy answer (:meth:`ask_views`), or with several views the answer of the
-        view that wins the vote (:func:`.views.voted`)."""
-        per_view = self.ask_views(maps, batch_size, progress, desc, full_answers)
+        view that wins the vote (:func:`.views.voted`), each view asked only while the vote is open."""
+        per_view = self.ask_views(maps, batch_size, progress, desc, full_answers, settle=True)
         if len(per_view) == 1:
             return per_view[0]
-        _, winner, _ = views.voted([[parse_labels(a) for a in v] for v in per_view], len(per_view))
+        _, winner, _ = views.voted([[_labels(a) for a in v] for v in per_view], len(per_view))
         return [per_view[w][i] for i, w in enumerate(winner)]
+
+
+def _labels(answer: str | None) -> list[str] | None:
+    """The labels an answer names; None for a view not asked (its map's vote settled before it)."""
+    return None if answer is None else parse_labels(answer)
 
 
 def _statement_stopper(tokenizer, n_prompt: int, breaks):
@@ -279,11 +298,12 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
                ) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """(metrics, per-class table, per-map table) of a model on labelled maps (columns id, wafer_map, labels)."""
     t0 = time.perf_counter()
-    per_view = asker.ask_views(list(maps["wafer_map"]), batch_size, progress, full_answers=full_answers)
+    per_view = asker.ask_views(list(maps["wafer_map"]), batch_size, progress, full_answers=full_answers, settle=True)
     seconds = time.perf_counter() - t0
     true = [list(x) for x in maps["labels"]]
-    pred, winner, agree = views.voted([[parse_labels(a) for a in v] for v in per_view], len(per_view))
+    pred, winner, agree = views.voted([[_labels(a) for a in v] for v in per_view], len(per_view))
     answers = [per_view[w][i] for i, w in enumerate(winner)]
+    asked = np.array([sum(v[i] is not None for v in per_view) for i in range(len(maps))], int)
     b = bootstrap_scores(true, pred, n_bootstrap, seed)
     mixed = np.array([is_mixed(t) for t in true], bool)
     right = exact_matches(true, pred)
@@ -292,6 +312,7 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
                "seconds": seconds, "unparsed_share": float(np.mean([not p for p in pred])),
                "answers": "whole" if full_answers or asker.info.answer_style != "plain" else "to the type statement",
                "views": len(per_view), "n_mixed": int(mixed.sum()),
+               **({"views_asked_per_map": float(asked.mean())} if len(per_view) > 1 else {}),
                "accuracy_single": float(right[~mixed].mean()) if (~mixed).any() else None,
                "accuracy_mixed": float(right[mixed].mean()) if mixed.any() else None}
     if mixed.any():
@@ -304,7 +325,8 @@ def score_maps(asker: MapAsker, maps: pd.DataFrame, batch_size: int = 128, progr
     per_map = pd.DataFrame({"id": maps["id"], "true": [label_key(t) for t in true],
                             "predicted": [label_key(p) for p in pred], "correct": right, "answer": answers})
     if len(per_view) > 1:
-        per_map["views_agreeing"] = agree  # of the `views` views, how many named the predicted labels
+        per_map["views_asked"] = asked  # the views the map was asked in: the vote stops once it is settled
+        per_map["views_agreeing"] = agree  # of the views asked, how many named the predicted labels
         per_map["answer_view"] = winner  # the view whose answer is shown (0: the map as it is, whenever it agrees)
     return metrics, per_class, per_map
 

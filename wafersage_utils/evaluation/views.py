@@ -15,6 +15,12 @@ before rendering, so a turned map is rendered exactly as any map is.
 Vote. The label set (defect-free, one pattern, or a mixed map's patterns) named by the most views wins; a tie
 goes to the tied set the earliest view named, so the map as it is decides whenever it is among the tied.
 The answer reported for a map is the earliest view's answer that names the winning set.
+
+Settled votes. Once the views asked so far decide the vote whatever the rest would name (:func:`settled`: with 4
+views, as soon as view 0 and view 1 agree, since two more can at most tie and a tie goes to the earlier view),
+the remaining views of that map need not be asked: the scorer asks each further view only about the maps whose
+vote is still open, which gives the same prediction as asking every view (tested) at about 60% of the passes
+on real maps.
 """
 from __future__ import annotations
 
@@ -50,14 +56,38 @@ def vote(labels: list[list[str]]) -> int:
     return next(i for i, k in enumerate(keys) if counts[k] == top)
 
 
-def voted(per_view: list[list[list[str]]], views: int) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+def settled(labels: list[list[str]], total: int) -> bool:
+    """Whether the vote over `total` views is decided by the labels of its first `len(labels)` views, whatever
+    the remaining views name: no other label set, seen or not, can reach the leader's count, or reach it
+    while holding the tie (a set first named by an earlier view)."""
+    if not labels:
+        return total == 0
+    left = total - len(labels)
+    keys = [label_key(x) for x in labels]
+    counts, first = Counter(keys), {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    lead = keys[vote(labels)]
+    if left > counts[lead]:  # a set no view has named yet could take every remaining view and pass it
+        return False
+    return all(n + left < counts[lead] or (n + left == counts[lead] and first[lead] < first[k])
+               for k, n in counts.items() if k != lead)
+
+
+def voted(per_view: list[list], views: int) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
     """(labels, index of the winning view, views agreeing with it) per map, from `per_view[v][i]`: the labels
-    view v gave map i, voting over the first `views` views."""
+    view v gave map i, voting over the first `views` views. An entry None is a view not asked because the
+    map's vote was settled before it (:func:`settled`): the vote and the count of agreeing views are over the
+    views asked."""
     n = len(per_view[0])
-    winner = np.array([vote([per_view[v][i] for v in range(views)]) for i in range(n)], int)
-    labels = [per_view[w][i] for i, w in enumerate(winner)]
-    agree = np.array([sum(label_key(per_view[v][i]) == label_key(labels[i]) for v in range(views))
-                      for i in range(n)], int)
+    winner, agree = np.zeros(n, int), np.zeros(n, int)
+    labels = []
+    for i in range(n):
+        asked = [(v, per_view[v][i]) for v in range(views) if per_view[v][i] is not None]
+        w = asked[vote([x for _, x in asked])][0]
+        winner[i] = w
+        labels.append(per_view[w][i])
+        agree[i] = sum(label_key(x) == label_key(labels[i]) for _, x in asked)
     return labels, winner, agree
 
 
