@@ -190,6 +190,34 @@ def test_the_scorer_asks_the_model_in_its_views_each_turned(typist, tmp_path):  
     assert settled[:2] == per_view[:2] and settled[2:] == [[None] * 3] * 2
 
 
+def test_map_asker_asks_a_further_view_only_about_the_maps_whose_vote_is_open(typist, monkeypatch):  # noqa: F811
+    """MapAsker's own settling (not a stand-in's): each view is asked about exactly the maps still open, and the
+    vote over what was asked is the full vote."""
+    say = {"ring": "This wafer map shows an edge-ring defect pattern.", "loc": "This wafer map shows a local (Loc) "
+           "defect pattern.", "none": "This wafer map shows no defect pattern.",
+           "scratch": "This wafer map shows a scratch defect pattern."}
+    script = [["ring", "loc", "loc", "none"], ["ring", "ring", "none", "none"], ["ring", "loc", "ring", "loc"],
+              ["ring", "ring", "scratch", "ring"]]  # script[view][map]
+    asker = scorer.MapAsker(*scorer.resolve_model(typist), replace(model_info.read_info(typist), views=4))
+    calls = []
+
+    def scripted(images, full_answers):
+        view = len(calls)
+        calls.append(sorted(int(m.flat[0]) for m in images))
+        return [say[script[view][int(m.flat[0])]] for m in images]
+
+    monkeypatch.setattr(asker, "_generate", scripted)
+    maps = [np.full((2, 3), i, np.uint8) for i in range(4)]
+    per_view = asker.ask_views(maps, batch_size=64, progress=False, settle=True)
+    # map 0: ring, ring -> settled; map 1: loc, ring, loc -> settled (ring can only tie, loc was first); map 2:
+    # loc, none, ring, scratch -> asked all four; map 3: none, none -> settled
+    assert calls == [[0, 1, 2, 3], [0, 1, 2, 3], [1, 2], [2]]
+    assert [sum(v[i] is not None for v in per_view) for i in range(4)] == [2, 3, 4, 2]
+    full = [[parse_labels(say[a]) for a in view] for view in script]
+    asked = [[None if a is None else parse_labels(a) for a in v] for v in per_view]
+    assert views.voted(asked, 4)[0] == views.voted(full, 4)[0] and (views.voted(asked, 4)[1] == views.voted(full, 4)[1]).all()
+
+
 def test_ask_returns_the_winning_views_answer_and_one_view_as_it_is(typist, monkeypatch):  # noqa: F811
     ring, loc, none = ("This wafer map shows an edge-ring defect pattern.", "This wafer map shows a local (Loc) "
                        "defect pattern.", "This wafer map shows no defect pattern.")

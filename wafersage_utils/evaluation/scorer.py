@@ -150,7 +150,8 @@ class MapAsker:
                 chunk = shown[s: s + batch_size]
                 for i, a in zip(todo[s: s + batch_size], self._generate(chunk, full_answers)):
                     got[i] = a
-                    so_far[i].append(parse_labels(a))
+                    if settle:
+                        so_far[i].append(parse_labels(a))
                 bar.update(len(chunk))
             bar.update(len(maps) - len(todo))
             out.append(got)
