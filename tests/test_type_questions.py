@@ -87,3 +87,27 @@ def test_stream_rows_render_the_turned_map(tmp_path):
     same = type_questions.stream_rows(picked.assign(symmetry=[0]), 32, tmp_path)
     from wafersage_utils.maps.render import image_key
     assert turned["image"][0].endswith(image_key(np.rot90(m), 32) + ".png") and turned["image"][0] != same["image"][0]
+
+
+def test_generated_maps_follow_the_run_generator_with_true_labels_in_training():
+    generator = {"n_wafers": 4500, "seed": 0, "label_noise": 0.1, "loc_area_dies": 0.0, "scratch_width_dies": 0.0}
+    out = type_questions.generated_maps(60, seed=3, generator=generator)
+    assert len(out) == 60 and out["id"].is_unique and out["id"].str.startswith("typegen-3-").all()
+    assert (out["split"] == "train").all() and not out["quarantined"].any()
+    assert all(list(a) == list(b) for a, b in zip(out["labels"], out["labels_true"]))  # no label noise
+    assert (out["key"] == out["labels"].map(type_questions.label_key)).all()
+    # the run's realism settings carried, its own n_wafers/seed/noise replaced: the same as drawing them directly
+    from wafersage_utils.maps.synth import SynthConfig, generate
+    direct = generate(SynthConfig(n_wafers=60, seed=20_003, label_noise=0.0, loc_area_dies=0.0, scratch_width_dies=0.0))
+    assert all(np.array_equal(a, b) for a, b in zip(out["wafer_map"], direct["wafer_map"]))
+    assert len(type_questions.generated_maps(0, seed=3)) == 0
+    with pytest.raises(ValueError, match="not SynthConfig fields"):
+        type_questions.generated_maps(5, seed=0, generator={"n_wafer": 5})
+
+
+def test_generated_maps_join_the_stream_beside_the_run_maps():
+    maps = _maps({"none": 10, "Loc": 10})
+    generated = type_questions.generated_maps(30, seed=0)
+    pool = pd.concat([maps, generated[maps.columns.intersection(generated.columns)]], ignore_index=True)
+    out = type_questions.stream_maps(pool, set(), seed=0)
+    assert len(out) == 20 + 30 and out["id"].str.startswith("typegen-").sum() == 30

@@ -205,6 +205,7 @@ class SFTSettings(StageSettings):
     type_stream: bool = False  # also one defect-type question per other labelled training map (training/type_questions.py): a real data set's classes need more maps than stage 01 samples
     type_stream_none_ratio: float = 0.0  # type stream: defect-free questions capped at this multiple of the defect ones; 0: no cap
     type_stream_class_floor: int = 0  # type stream: a rarer class's maps asked again, in other wordings, until it has this many questions (at most 8 per map); 0: never
+    type_stream_generated: int = 0  # type stream: also this many freshly generated labelled maps (stage 01's generator settings, a seed no run uses, no label noise), asked the type question; never val/test
     type_stream_augment: str = "none"  # type stream: maps shown turned or mirrored (a defect type does not depend on orientation) | repeats (a map asked again for the floor, in another symmetry each time) | all (every question; training/type_questions.py); on WM-811K neither moved validation beyond a seed's spread
     calibrate_none: bool = False  # choose, on every labelled validation map, a bias on the word that calls a map defect-free and save it in the model's generation config (evaluation/calibration.py): the type stream's mix under-states defect-free maps
     type_views: list = field(default_factory=lambda: [1, 4])  # views each map is asked in, the answers voted (evaluation/views.py): 1 as it is, 4 quarter turns, 8 with mirrors; several: chosen on every labelled validation map (after the defect-free bias) and saved with the model. Not 8 here: a settled 8-view vote still asks every map at least 4 views, 4 views ask 2.35 a map on sim-to-real's 30,501 real maps (48 s a pass)
@@ -392,7 +393,7 @@ RULES: dict[str, Any] = {
     "pretrain_max_maps": _ge(0), "pretrain_extra_maps": _ge(0), "pretrain_questions_per_map": _ge(0),
     "pretrain_text_epochs": _ge(0), "pretrain_text_learning_rate": _gt(0), "pretrain_micro_batches": _ge(1),
     "pretrain_text_micro_batches": _ge(1), "rl_holdout_share": SHARE_OPEN, "type_stream_none_ratio": _ge(0),
-    "type_stream_class_floor": _ge(0), "type_stream_augment": _one_of("none", "repeats", "all"), "type_views": _views, "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": SHARE_OPEN,
+    "type_stream_class_floor": _ge(0), "type_stream_generated": _ge(0), "type_stream_augment": _one_of("none", "repeats", "all"), "type_views": _views, "lora_r": _ge(1), "lora_alpha": _gt(0), "lora_dropout": SHARE_OPEN,
     "lr_scheduler_type": _nonempty, "warmup_ratio": SHARE, "num_train_epochs": _gt(0), "05_sft.max_steps": _steps,
     "train_sampling_strategy": _one_of("random", "batch_rebalance"), "weight_decay": _ge(0), "optim": _nonempty,
     "max_length": _ge(16), "logging_steps": _ge(1), "save_steps": _ge(0), "eval_steps": _ge(0),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
@@ -353,6 +353,16 @@ def write_config(cfg: SynthConfig | None, path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(asdict(cfg), indent=1))
     tmp.replace(path)
+
+
+def derived_config(generator: dict | None, **own) -> SynthConfig:
+    """A SynthConfig for maps drawn beside a run's own: the realism settings of the run's stage 01 (`generator`,
+    its data/generator.json; None: the defaults) with `own` fields (n_wafers, seed, ...) set by the caller."""
+    known = {f.name for f in fields(SynthConfig)}
+    unknown = set(generator or {}) - known
+    if unknown:
+        raise ValueError(f"generator settings {sorted(unknown)}: not SynthConfig fields (expected some of {sorted(known)})")
+    return SynthConfig(**{k: v for k, v in (generator or {}).items() if k not in own} | own)
 
 
 def read_config(path) -> dict | None:

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from ..corpus.vqa import TEMPLATES, type_sentence
-from ..maps.conventions import NONE_LABEL, symmetry
+from ..maps.conventions import NONE_LABEL, label_key, symmetry
 from ..maps.render import render_cached
+from ..maps.synth import derived_config, generate
 
 TYPE_QUESTIONS = [t.text for t in TEMPLATES if t.category == "defect_type"]
 AUGMENT = ("none", "repeats", "all")
@@ -73,6 +74,17 @@ def stream_maps(maps: pd.DataFrame, exclude_wafers, none_ratio: float = 0.0, cla
     else:
         sym = np.zeros(len(out), dtype=int)
     return out.assign(symmetry=np.asarray(sym, dtype=int)).reset_index(drop=True)
+
+
+def generated_maps(n: int, seed: int, generator: dict | None = None) -> pd.DataFrame:
+    """`n` freshly generated maps for the stream, in the columns :func:`stream_maps` reads: the generator settings
+    of the run's stage 01 (`generator`; None: the defaults), a generator seed no run uses (20,000 + `seed`; the
+    tiny base's extra seeing maps use 10,000 + `seed`), true labels (no label noise), all in the training split."""
+    if n <= 0:
+        return pd.DataFrame(columns=["id", "wafer_map", "labels", "key", "split", "quarantined"])
+    out = generate(derived_config(generator, n_wafers=n, seed=20_000 + seed, label_noise=0.0))
+    return out.assign(id=[f"typegen-{seed}-{i:06d}" for i in range(len(out))], key=out["labels"].map(label_key),
+                      split="train", quarantined=False)
 
 
 def stream_rows(picked: pd.DataFrame, image_size: int, run_dir: Path) -> pd.DataFrame:
