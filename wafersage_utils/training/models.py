@@ -34,7 +34,7 @@ import pandas as pd
 from ..corpus.describe import SHAPE_WORDS, clock_phrase, seeded_rng, spatial_sentences, with_article
 from ..maps.facts import measure
 from ..maps.render import to_image
-from ..maps.synth import SynthConfig, generate
+from ..maps.synth import derived_config, generate
 from ..recipe import SFTSettings
 from . import sft, tiny_vlm
 from .tiny_vlm import TinySpec
@@ -104,10 +104,6 @@ def caption(f: dict, rng) -> str:
     return _SIZES.sub("", " ".join(spatial_sentences(f, rng)))
 
 
-#: Generator settings a run's extra seeing maps take from its stage 01 (data/generator.json); the rest are fixed.
-_PRETRAIN_OWN = {"n_wafers", "seed", "mixed_fraction", "label_noise"}
-
-
 def pretraining_maps(maps: pd.DataFrame, extra_maps: int, seed: int, generator: dict | None = None) -> pd.DataFrame:
     """The run's training-split maps plus `extra_maps` freshly generated ones (a generator seed no run uses),
     so that the base sees more pictures than the run samples; never a validation or test map.
@@ -118,13 +114,8 @@ def pretraining_maps(maps: pd.DataFrame, extra_maps: int, seed: int, generator: 
     train = maps.loc[maps["split"] == "train", ["id", "wafer_map"]]
     if extra_maps <= 0:
         return train.reset_index(drop=True)
-    known = {f.name for f in fields(SynthConfig)}
-    unknown = set(generator or {}) - known
-    if unknown:
-        raise ValueError(f"generator settings {sorted(unknown)}: not SynthConfig fields (expected some of {sorted(known)})")
-    carried = {k: v for k, v in (generator or {}).items() if k not in _PRETRAIN_OWN}
-    extra = generate(SynthConfig(**carried | {"n_wafers": extra_maps, "seed": 10_000 + seed, "mixed_fraction": 0.1,
-                                               "label_noise": 0.0}))
+    extra = generate(derived_config(generator, n_wafers=extra_maps, seed=10_000 + seed, mixed_fraction=0.1,
+                                    label_noise=0.0))
     extra = extra.assign(id=[f"pretrain-{i}" for i in range(len(extra))])[["id", "wafer_map"]]
     return pd.concat([train, extra], ignore_index=True)
 
