@@ -92,7 +92,7 @@ def test_stream_rows_render_the_turned_map(tmp_path):
 def test_generated_maps_follow_the_run_generator_with_true_labels_in_training():
     generator = {"n_wafers": 4500, "seed": 0, "label_noise": 0.1, "loc_area_dies": 0.0, "scratch_width_dies": 0.0}
     out = type_questions.generated_maps(60, seed=3, generator=generator)
-    assert len(out) == 60 and out["id"].is_unique and out["id"].str.startswith("typegen-3-").all()
+    assert len(out) == 60 and out["id"].is_unique and out["id"].str.startswith(type_questions.GENERATED + "3-").all()
     assert (out["split"] == "train").all() and not out["quarantined"].any()
     assert all(list(a) == list(b) for a, b in zip(out["labels"], out["labels_true"]))  # no label noise
     assert (out["key"] == out["labels"].map(type_questions.label_key)).all()
@@ -107,7 +107,10 @@ def test_generated_maps_follow_the_run_generator_with_true_labels_in_training():
 
 def test_generated_maps_join_the_stream_beside_the_run_maps():
     maps = _maps({"none": 10, "Loc": 10})
-    generated = type_questions.generated_maps(30, seed=0)
-    pool = pd.concat([maps, generated[maps.columns.intersection(generated.columns)]], ignore_index=True)
+    assert type_questions.with_generated(maps, 0, seed=0) is maps
+    pool = type_questions.with_generated(maps, 30, seed=0)
+    assert list(pool.columns) == list(maps.columns) and pool.index.is_unique
+    assert pool.iloc[:len(maps)].equals(maps)  # the run's own maps first, unchanged
     out = type_questions.stream_maps(pool, set(), seed=0)
-    assert len(out) == 20 + 30 and out["id"].str.startswith("typegen-").sum() == 30
+    assert len(out) == 20 + 30 and type_questions.n_generated(out) == 30
+    assert type_questions.n_generated(type_questions.stream_maps(maps, set(), seed=0)) == 0

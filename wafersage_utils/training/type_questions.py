@@ -32,6 +32,7 @@ from ..maps.synth import derived_config, generate
 
 TYPE_QUESTIONS = [t.text for t in TEMPLATES if t.category == "defect_type"]
 AUGMENT = ("none", "repeats", "all")
+GENERATED = "typegen-"  # id prefix of the stream's generated maps
 
 
 def stream_maps(maps: pd.DataFrame, exclude_wafers, none_ratio: float = 0.0, class_floor: int = 0,
@@ -83,8 +84,22 @@ def generated_maps(n: int, seed: int, generator: dict | None = None) -> pd.DataF
     if n <= 0:
         return pd.DataFrame(columns=["id", "wafer_map", "labels", "key", "split", "quarantined"])
     out = generate(derived_config(generator, n_wafers=n, seed=20_000 + seed, label_noise=0.0))
-    return out.assign(id=[f"typegen-{seed}-{i:06d}" for i in range(len(out))], key=out["labels"].map(label_key),
+    return out.assign(id=[f"{GENERATED}{seed}-{i:06d}" for i in range(len(out))], key=out["labels"].map(label_key),
                       split="train", quarantined=False)
+
+
+def with_generated(maps: pd.DataFrame, n: int, seed: int, generator: dict | None = None) -> pd.DataFrame:
+    """The run's maps and, below them, `n` generated ones (:func:`generated_maps`) in the run's columns: the pool
+    :func:`stream_maps` picks from. `maps` itself when `n` is 0."""
+    if n <= 0:
+        return maps
+    generated = generated_maps(n, seed, generator)
+    return pd.concat([maps, generated[maps.columns.intersection(generated.columns)]], ignore_index=True)
+
+
+def n_generated(picked: pd.DataFrame) -> int:
+    """Questions of the stream about generated maps."""
+    return int(picked["id"].str.startswith(GENERATED).sum())
 
 
 def stream_rows(picked: pd.DataFrame, image_size: int, run_dir: Path) -> pd.DataFrame:
