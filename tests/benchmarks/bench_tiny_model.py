@@ -7,8 +7,9 @@ params run stages 01 to 05 into a temporary folder first (about 3 minutes). Each
 same model on the same examples twice in this process, the old path first:
 
 - seeing step (full-parameter captioning of the tiny base): old = TRL's collator (chat template and image
-  processor on every batch), random batches of 8 (the recipe until 2026-11-30); new = `models.seeing_config`
-  at the recipe's settings (`params/default.yaml` over the notebook's defaults);
+  processor on every batch) and its fused LM head over every position, random batches of 8 (the recipe until
+  2026-11-30); new = `models.seeing_config` at the recipe's settings (`params/default.yaml` over the notebook's
+  defaults), with the loss on the answer's positions only (`sft.answer_token_loss`);
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
   at the recipe's settings with LoRA (examples encoded once, padded per batch; 8 pairs per step in one batch);
   where the recipe trains every weight (`05_sft.lora: false`), a row for that too, against the same old path;
@@ -97,10 +98,11 @@ def flops_per_sample(model_dir: str, dataset, lora_cfg: sft.TrainConfig | None, 
 
 
 def old_path(cfg: sft.TrainConfig, output_dir: Path, batch: int, accumulation: int) -> sft.TrainConfig:
-    """The training path before 2026-11-30: TRL's collator on every batch, random batches, plain AdamW."""
+    """The training path before 2026-11-30: TRL's collator on every batch, random batches, plain AdamW, and TRL's
+    fused LM head over every position (the loss on the answer's positions only came on 2026-12-04)."""
     return replace(cfg, output_dir=str(output_dir), per_device_train_batch_size=batch,
                    gradient_accumulation_steps=accumulation, train_sampling_strategy="random", encode_max_gb=0.0,
-                   optim="adamw_torch")
+                   optim="adamw_torch", answer_loss=False)
 
 
 def train_rate(cfg: sft.TrainConfig, dataset) -> dict:

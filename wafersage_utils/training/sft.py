@@ -89,6 +89,9 @@ class TrainConfig:
     # random | batch_rebalance (each optimizer step's random examples, sorted by length into its
     # gradient_accumulation_steps micro-batches: less padding, the same step) | group_by_length
     train_sampling_strategy: str = "random"
+    # On a device without Triton, the loss on the labelled positions only (answer_token_loss); False: TRL's fused
+    # LM head everywhere (the path before 2026-12-04, kept for the benchmark)
+    answer_loss: bool = True
     extra: dict = field(default_factory=dict)  # further SFTConfig fields, passed as they are
 
     def key(self) -> str:
@@ -274,10 +277,56 @@ def _prepare_output(cfg: TrainConfig) -> str | None:
     return None
 
 
+def answer_loss_applies(trainer, model, inputs) -> bool:
+    """Whether :func:`answer_token_loss` computes this batch's loss instead of TRL's fused LM head: a single
+    process on a device without Triton (TRL then scores every position), the plain next-token loss, and a model
+    whose head is a plain projection of its backbone's last hidden state."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    text = getattr(core.config, "text_config", core.config)
+    device = next(core.parameters()).device
+    return (device.type not in ("cuda", "xpu") and trainer.accelerator.num_processes == 1
+            and "labels" in inputs and "attention_mask" in inputs and hasattr(core, "model")
+            and not trainer.aux_loss_enabled and trainer.compute_loss_func is None and trainer.label_smoother is None
+            and trainer.args.loss_type == "nll" and getattr(text, "final_logit_softcapping", None) is None
+            and getattr(text, "logit_scale", None) in (None, 1.0))
+
+
+def answer_token_loss(trainer, model, inputs, num_items_in_batch=None):
+    """The loss TRL's SFTTrainer computes (summed negative log-likelihood of the labelled next tokens over
+    `num_items_in_batch`), with the vocabulary projection applied to the labelled positions only.
+
+    On a device without Triton TRL's fused LM head projects every position (prompt, image and padding tokens
+    too) and recomputes the projection in the backward; for the tiny model that was a quarter of a training
+    step, although only the answer's tokens carry a label. The same loss, the same metrics TRL logs (entropy and
+    token accuracy over the labelled positions, tokens seen); the sums run in another order, so weights agree
+    to float rounding, not bit for bit."""
+    import torch
+    import torch.nn.functional as F
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = inputs["labels"]
+    hidden = core.model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logits = core.get_output_embeddings()(hidden[:, :-1][mask]).float()
+    wanted = targets[mask]
+    count = mask.sum() if num_items_in_batch is None else num_items_in_batch
+    loss = F.cross_entropy(logits, wanted, reduction="sum") / torch.as_tensor(count, device=logits.device).clamp(min=1)
+    with torch.no_grad():
+        log_p = logits.log_softmax(-1)
+        n = int(mask.sum())
+        mode = "train" if trainer.model.training else "eval"
+        trainer._metrics[mode]["entropy"].append(float(-(log_p.exp() * log_p).sum()) / n if n else 0.0)
+        trainer._metrics[mode]["mean_token_accuracy"].append(float((logits.argmax(-1) == wanted).sum()) / n if n else 0.0)
+        if mode == "train":
+            trainer._total_train_tokens += int(inputs["attention_mask"].sum())
+        trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+    return loss
+
+
 @functools.cache
 def trainer_class():
     """TRL's SFTTrainer, with the batch_rebalance sampler seeded by the run's data seed (transformers leaves it at
-    42, so the SFT seed would not move the data order)."""
+    42, so the SFT seed would not move the data order), and on CPUs the loss of :func:`answer_token_loss`."""
     from transformers.trainer_pt_utils import BatchRebalanceSampler
     from trl import SFTTrainer
 
@@ -287,6 +336,11 @@ def trainer_class():
             if isinstance(sampler, BatchRebalanceSampler):
                 sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
             return sampler
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not getattr(self, "answer_loss", True) or not answer_loss_applies(self, model, inputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            return answer_token_loss(self, model, inputs, num_items_in_batch)
     return SeededSFTTrainer
 
 
@@ -316,9 +370,11 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), proces
         train_sampling_strategy=cfg.train_sampling_strategy,
         dataset_kwargs={"skip_prepare_dataset": True} if collator is not None else None, **prec, **cfg.extra)
     peft = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_vision) if cfg.lora else None
-    return trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                           data_collator=collator, processing_class=processor, peft_config=peft,
-                           callbacks=list(callbacks))
+    trainer = trainer_class()(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                              data_collator=collator, processing_class=processor, peft_config=peft,
+                              callbacks=list(callbacks))
+    trainer.answer_loss = cfg.answer_loss
+    return trainer
 
 
 def export_merged(base: str, adapter_dir: Path, out_dir: Path) -> Path:
