@@ -8,7 +8,7 @@ import torch
 
 from tests.test_synth import _one
 from wafersage_utils.chat import llm
-from wafersage_utils.chat.hf_chat import HFChat, to_hf_messages
+from wafersage_utils.chat.hf_chat import HFChat, model_fingerprint, to_hf_messages
 from wafersage_utils.corpus import claims, knowledge, teacher
 from wafersage_utils.maps import facts, render
 from wafersage_utils.training import tiny_vlm
@@ -113,6 +113,24 @@ def test_hf_sampling_uses_every_token_unless_truncation_is_asked_for(parrot, tmp
     keys = {p.stem for p in (tmp_path / "cache").glob("*/*.json")}
     assert len(keys) == 5 and llm.cache_key(dict(reqs[0], model=chat.name)) in keys  # each draw cached apart
     assert llm.cache_key(dict(reqs[1], model=chat.name)) not in keys  # sampled before the fix: top_k 50
+
+
+def test_fingerprint_follows_weights_and_config_not_the_scorers_metadata(tmp_path):
+    # Stage 06 caches the RL model's answers, then writes wafersage.json beside it; stage 07 must find them.
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"a": 1}')
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    first = model_fingerprint(str(folder))
+    (folder / "wafersage.json").write_text('{"views": 4}')
+    (folder / "README.md").write_text("card")
+    assert model_fingerprint(str(folder)) == first
+    (folder / "model.safetensors").write_bytes(b"\x00" * 63 + b"\x01")  # one byte deep inside: a new model
+    assert model_fingerprint(str(folder)) != first
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    (folder / "generation_config.json").write_text('{"max_new_tokens": 8}')
+    assert model_fingerprint(str(folder)) != first
+    assert model_fingerprint("Qwen/Qwen3-VL-4B-Instruct") == "Qwen/Qwen3-VL-4B-Instruct"
 
 
 @pytest.mark.slow

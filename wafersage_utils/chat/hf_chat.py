@@ -21,14 +21,21 @@ from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning, truncati
 log = logging.getLogger("wafersage.hf_chat")
 
 
+# Written beside an exported model for the scorer and the model card (how to render and ask), after the export
+# and sometimes after its answers were cached: it does not change what the weights answer to a given message.
+NOT_FINGERPRINTED = frozenset({"wafersage.json"})
+
+
 def model_fingerprint(path: str) -> str:
     """Path plus a hash of the config and weight files (hub names: the name). Files up to 256 MB are hashed
-    whole (a LoRA merge can change only bytes deep inside); bigger ones by size, modification time and head."""
+    whole (a LoRA merge can change only bytes deep inside); bigger ones by size, modification time and head.
+    The scorer's metadata (`NOT_FINGERPRINTED`) is left out, so documenting an export keeps its cached answers."""
     p = Path(path)
     if not p.is_dir():
         return path
     h = hashlib.sha256()
-    for f in sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors")):
+    files = sorted(p.glob("*.json")) + sorted(p.glob("*.safetensors"))
+    for f in (f for f in files if f.name not in NOT_FINGERPRINTED):
         st = f.stat()
         h.update(f.name.encode())
         h.update(str(st.st_size).encode())
