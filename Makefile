@@ -34,6 +34,7 @@ test-fast: setup
 
 bench: setup
 	$(PY) tests/benchmarks/bench_tiny_model.py
+	$(PY) tests/benchmarks/bench_seeing_inputs.py
 	$(PY) tests/benchmarks/bench_features.py
 	$(PY) tests/benchmarks/bench_render.py
 	$(PY) tests/benchmarks/bench_serve.py

@@ -150,6 +150,24 @@ def test_examples_longer_than_max_length_are_dropped_not_cut(base, vqa_ds):
     assert dropped == sum(n > cut for n in lengths) > 0 and len(kept) == len(vqa_ds) - dropped
 
 
+def test_caption_dataset_encodes_each_picture_once_as_datasets_would(maps, monkeypatch):
+    """A map's picture serves its caption and its questions: the dataset holds, for every example, the very bytes
+    `datasets` writes for a PIL image, each distinct picture encoded once."""
+    from datasets import Dataset, Image, List
+    from datasets.features import image as ds_image
+    images, captions, prompts = models.caption_corpus(maps, 32, 0)
+    plain = Dataset.from_dict({"images": [[im] for im in images], "messages": [[]] * len(images)})
+    calls = []
+    own = ds_image.image_to_bytes
+    monkeypatch.setattr(ds_image, "image_to_bytes", lambda im: calls.append(1) or own(im))
+    ds = models.caption_dataset(images, captions, prompts)
+    assert len(calls) == len({id(im) for im in images}) == 32 < len(images)
+    assert ds.features["images"] == List(Image())
+    raw = List(Image(decode=False))
+    assert ds.cast_column("images", raw)["images"] == plain.cast_column("images", raw)["images"]
+    assert ds[0]["images"][0].size == images[0].size and ds[0]["messages"][1]["content"][0]["text"] == captions[0]
+
+
 def test_encoded_examples_batch_exactly_as_trls_collator(base, maps):
     """Examples encoded once and padded by our collator give the very batch TRL's collator builds on the fly:
     same token ids, attention mask, labels (-100 outside the assistant turn), pixel values and grids."""

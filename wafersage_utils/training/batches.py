@@ -59,7 +59,7 @@ def encode(dataset, processor, chat_template: str | None = None, batch_size: int
     image_of = [index.setdefault(hashlib.sha1(b).digest(), len(index)) for b in pngs]
     bank = ImageBank(pixel_values=[None] * len(index), grids=[None] * len(index))
     columns: dict[str, list] = {k: [] for k in (*_TOKEN_KEYS, "image", "length")}
-    messages = dataset["messages"]
+    messages = dataset["messages"][:]  # a list: indexing the lazy column row by row costs 0.2 ms an example
     for start in range(0, len(dataset), batch_size):
         stop = min(start + batch_size, len(dataset))
         images = [[_decode(pngs[i])] for i in range(start, stop)]

@@ -163,13 +163,24 @@ def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, 
 
 
 def caption_dataset(images, captions, prompts):
-    """The captions in TRL's VLM conversation layout (the same layout SFT uses)."""
-    from datasets import Dataset
+    """The captions in TRL's VLM conversation layout (the same layout SFT uses).
+
+    A map's picture is shared by its caption and its questions (the same PIL object, three examples): it is
+    encoded to the dataset's image bytes once, as `datasets` itself would encode it, instead of once per
+    example (27,000 encodes instead of 82,000 in the default's seeing step)."""
+    from datasets import Dataset, Image, List
+    from datasets.features.image import encode_pil_image
+    encoded: dict[int, dict] = {}
+    cells = []
+    for im in images:
+        if id(im) not in encoded:
+            encoded[id(im)] = encode_pil_image(im)
+        cells.append([encoded[id(im)]])
     return Dataset.from_dict({
-        "images": [[im] for im in images],
+        "images": cells,
         "messages": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]},
                       {"role": "assistant", "content": [{"type": "text", "text": c}]}]
-                     for p, c in zip(prompts, captions)]})
+                     for p, c in zip(prompts, captions)]}).cast_column("images", List(Image()))
 
 
 def _code_hash() -> str:
