@@ -150,6 +150,28 @@ def test_examples_longer_than_max_length_are_dropped_not_cut(base, vqa_ds):
     assert dropped == sum(n > cut for n in lengths) > 0 and len(kept) == len(vqa_ds) - dropped
 
 
+def test_seeing_pictures_reach_the_model_as_sft_and_the_scorer_show_them(base, maps):
+    """The base learns to see the pictures it is later asked about: a seeing picture rendered at the run's render
+    size (`render_size`) gives the processor's very pixels for the scorer's picture of the same map (rendered at
+    that size, resized by the processor). Rendered at the model's input size instead (the recipe until
+    2026-12-04), nearest-neighbour scaling drops or doubles dies, and the pixels differ."""
+    from PIL import Image
+    from transformers import AutoProcessor
+    processor = AutoProcessor.from_pretrained(base[0])
+    render_size = 128
+    pre = models.pretrain_settings(replace(models.SFTSettings(), tiny_image_size=SPEC.image_size), render_size)
+    assert (pre.image_size, pre.render_size) == (SPEC.image_size, render_size)
+    first = maps.loc[maps["split"] == "train", "wafer_map"].iloc[0]  # caption_corpus starts with it
+    shown = Image.fromarray(render.render_array(first, render_size))  # what scorer.MapAsker.image gives
+
+    def pixels(im):
+        return processor.image_processor(images=[im], return_tensors="pt")["pixel_values"]
+    seen = models.caption_corpus(maps, pre.render_size, 0)[0][0]
+    assert seen.size == (render_size, render_size) and torch.equal(pixels(seen), pixels(shown))
+    at_input = models.caption_corpus(maps, pre.image_size, 0)[0][0]
+    assert not torch.equal(pixels(at_input), pixels(shown))
+
+
 def test_caption_dataset_encodes_each_picture_once_as_datasets_would(maps, monkeypatch):
     """A map's picture serves its caption and its questions: the dataset holds, for every example, the very bytes
     `datasets` writes for a PIL image, each distinct picture encoded once."""

@@ -221,7 +221,8 @@ def main(argv=None) -> int:
 
     # Seeing step: the base's captioning, on the run's training maps (a map gives a caption and two questions).
     maps = table.read_table(run / "data" / "maps.parquet")
-    size = json.loads((Path(base) / "factory.json").read_text())["spec"]["image_size"]
+    factory = json.loads((Path(base) / "factory.json").read_text())
+    size = factory["pretrain"].get("render_size") or factory["spec"]["image_size"]  # as the base saw its maps
     images, captions, prompts = models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3))
     seeing_ds = models.caption_dataset(images, captions, prompts)
     settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],

@@ -57,6 +57,10 @@ class PretrainSettings:
     questions_per_map: int = 2  # generic visual questions per map besides its caption
     warmup_ratio: float = 0.05
     image_size: int = 128
+    # Pixels each seeing picture is rendered at before the processor resizes it to the model's input: the run's
+    # render size (stage 02's image_size), so the base learns to see the very pictures SFT and the scorer show
+    # it (rendered at that size, then resized by the processor); 0 renders at image_size itself.
+    render_size: int = 0
     text_epochs: float = 1.0  # text-only language modelling before captioning; 0 skips it
     text_learning_rate: float = 5e-4
     text_batch_size: int = 16
@@ -73,11 +77,12 @@ class PretrainSettings:
                                  f"a step of {b} examples is split into {m} equal micro-batches")
 
 
-def pretrain_settings(settings: SFTSettings) -> PretrainSettings:
-    """The tiny base's pre-training from stage 05's settings: each `pretrain_<name>` field, and the tiny image size."""
+def pretrain_settings(settings: SFTSettings, render_size: int = 0) -> PretrainSettings:
+    """The tiny base's pre-training from stage 05's settings: each `pretrain_<name>` field, the tiny image size,
+    and `render_size`, the size the run renders its maps at (stage 02's image_size)."""
     carried = {f.name: getattr(settings, f"pretrain_{f.name}") for f in fields(PretrainSettings)
                if hasattr(settings, f"pretrain_{f.name}")}
-    return PretrainSettings(**carried, image_size=settings.tiny_image_size)
+    return PretrainSettings(**carried, image_size=settings.tiny_image_size, render_size=render_size)
 
 
 def tiny_spec(settings: SFTSettings) -> TinySpec:
@@ -271,8 +276,9 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
     """The pre-trained tiny base model folder (built, or found in the cache) and its factory record.
     `texts`: the run's training-split text (tokenizer and text-only language modelling); `generator`: the run's
     stage 01 generator settings, for the extra seeing maps (:func:`pretraining_maps`)."""
-    images, captions, prompts = caption_corpus(maps, settings.image_size, seed, settings.max_maps,
-                                               settings.extra_maps, settings.questions_per_map, generator)
+    images, captions, prompts = caption_corpus(maps, settings.render_size or settings.image_size, seed,
+                                               settings.max_maps, settings.extra_maps, settings.questions_per_map,
+                                               generator)
     if not images:
         raise ValueError("the tiny base needs training-split maps to caption; stage 01 assigned none to 'train'")
     lm_texts = list(texts)
