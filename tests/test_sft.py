@@ -14,7 +14,7 @@ from wafersage_utils.maps import render, synth
 from wafersage_utils.training import models, sft, tiny_vlm
 
 SPEC = tiny_vlm.TinySpec(image_size=32, vocab_size=1024)
-PRE = models.PretrainSettings(epochs=1.0, batch_size=8, image_size=32)
+PRE = models.PretrainSettings(epochs=1.0, batch_size=8, image_size=32, extra_maps=0)
 QUESTIONS = ["What type of defect pattern is visible on this wafer map?", "Where are the defects located on the wafer?"]
 
 
@@ -68,6 +68,46 @@ def test_factory_builds_caches_and_reloads_offline(base, maps, monkeypatch):
     assert again == path and rec2 == record and (path / "factory.json").stat().st_mtime_ns == stamp
     images, caps, _ = models.caption_corpus(maps, 32, 0)
     assert models.base_key(["a"], images, caps, SPEC, PRE, 0) != models.base_key(["a"], images, caps, SPEC, PRE, 1)
+
+
+def test_packed_seeing_conversations_label_the_same_answers(base, maps):
+    """One conversation per map (its picture in the first turn only) labels exactly the answers the unpacked
+    examples label, each map's turns in an order drawn per map, and the picture is encoded once per map."""
+    from transformers import AutoProcessor
+    from wafersage_utils.training import batches
+    processor = AutoProcessor.from_pretrained(base[0])
+    images, caps, prompts = models.caption_corpus(maps.head(12), 32, 0, shuffle_turns=True)
+    flat = models.caption_dataset(images, caps, prompts)
+    packed = models.caption_dataset(images, caps, prompts, pack=True)
+    assert len(flat) == len(images) and len(packed) == len({id(im) for im in images}) == 12
+    for conv in packed["messages"]:
+        assert [m["role"] for m in conv] == ["user", "assistant"] * (len(conv) // 2) and len(conv) >= 4
+        assert [c["type"] for c in conv[0]["content"]] == ["image", "text"]
+        assert all(c["type"] == "text" for m in conv[1:] for c in m["content"])
+    from trl.chat_template_utils import get_training_chat_template
+    template = get_training_chat_template(processor)  # the one stage 05 trains with (sft.encoded_inputs)
+    enc_flat, _ = batches.encode(flat, processor, template)
+    enc_packed, bank = batches.encode(packed, processor, template)
+    assert len(bank.pixel_values) == 12
+
+    def answers_of(enc):  # the labelled spans, decoded
+        spans = []
+        for labels in enc["labels"]:
+            run = []
+            for t in labels + [-100]:
+                if t == -100 and run:
+                    spans.append(processor.tokenizer.decode(run).strip())
+                    run = []
+                elif t != -100:
+                    run.append(t)
+        return spans
+    assert sorted(answers_of(enc_packed)) == sorted(answers_of(enc_flat)) and len(answers_of(enc_flat)) == len(caps)
+    # The turn order is drawn per map: not every map asks its caption first.
+    firsts = {conv[0]["content"][1]["text"] in models.CAPTION_PROMPTS for conv in packed["messages"]}
+    assert firsts == {True, False}
+    # Unshuffled, the corpus is the one the unpacked recipe always drew (the caption first).
+    plain, _, plain_prompts = models.caption_corpus(maps.head(12), 32, 0)
+    assert plain_prompts[0] in models.CAPTION_PROMPTS and sorted(plain_prompts) == sorted(prompts)
 
 
 def test_pretraining_maps_never_include_validation_or_test_maps(maps):

@@ -49,25 +49,30 @@ CAPTION_PROMPTS = ("Describe this wafer map.", "Describe the image.", "What do y
 class PretrainSettings:
     """Full-parameter captioning that turns random weights into a base model."""
 
-    epochs: float = 2.0
-    learning_rate: float = 5e-4
-    batch_size: int = 8
-    max_maps: int = 0  # 0: every training-split map (and every extra one)
-    extra_maps: int = 0  # freshly generated maps captioned besides the run's training split
-    questions_per_map: int = 2  # generic visual questions per map besides its caption
+    # Defaults are the recipe's (`SFTSettings.pretrain_<name>`), one setting in one place; image_size and
+    # render_size come from the run (`pretrain_settings`).
+    epochs: float = SFTSettings.pretrain_epochs
+    learning_rate: float = SFTSettings.pretrain_learning_rate
+    batch_size: int = SFTSettings.pretrain_batch_size
+    max_maps: int = SFTSettings.pretrain_max_maps  # 0: every training-split map (and every extra one)
+    extra_maps: int = SFTSettings.pretrain_extra_maps  # freshly generated maps captioned besides the run's training split
+    questions_per_map: int = SFTSettings.pretrain_questions_per_map  # generic visual questions per map besides its caption
     warmup_ratio: float = 0.05
-    image_size: int = 128
+    image_size: int = SFTSettings.tiny_image_size
     # Pixels each seeing picture is rendered at before the processor resizes it to the model's input: the run's
     # render size (stage 02's image_size), so the base learns to see the very pictures SFT and the scorer show
     # it (rendered at that size, then resized by the processor); 0 renders at image_size itself.
     render_size: int = 0
-    text_epochs: float = 1.0  # text-only language modelling before captioning; 0 skips it
-    text_learning_rate: float = 5e-4
+    text_epochs: float = SFTSettings.pretrain_text_epochs  # text-only language modelling before captioning; 0 skips it
+    text_learning_rate: float = SFTSettings.pretrain_text_learning_rate
     text_batch_size: int = 16
     # Micro-batches per optimizer step (batch sizes count the whole step). Above 1 a step's random examples are
     # sorted by length into its micro-batches (transformers' batch_rebalance): less padding, the same step.
-    micro_batches: int = 1
-    text_micro_batches: int = 4
+    micro_batches: int = SFTSettings.pretrain_micro_batches
+    text_micro_batches: int = SFTSettings.pretrain_text_micro_batches
+    # A map's caption and questions as the turns of one conversation (one example, its picture encoded once)
+    # instead of one example each: :func:`caption_corpus` draws the order of the turns per map.
+    pack_questions: bool = SFTSettings.pretrain_pack_questions
 
     def __post_init__(self):
         for batch, micro in (("batch_size", "micro_batches"), ("text_batch_size", "text_micro_batches")):
@@ -147,9 +152,11 @@ def visual_questions(f: dict, rng) -> list[tuple[str, str]]:
 
 
 def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, extra_maps: int = 0,
-                   questions_per_map: int = 2, generator: dict | None = None):
+                   questions_per_map: int = 2, generator: dict | None = None, shuffle_turns: bool = False):
     """(images, texts, prompts) for pre-training: each training-split map (and generated extra) captioned with
-    the spatial facts, and asked up to `questions_per_map` generic visual questions; never a class or a cause."""
+    the spatial facts, and asked up to `questions_per_map` generic visual questions; never a class or a cause.
+    A map's examples are consecutive and share one image object. `shuffle_turns` (packed conversations) draws
+    their order per map, so that no kind of answer always follows the others (and can copy from them)."""
     pool = pretraining_maps(maps, extra_maps, seed, generator)
     if max_maps and len(pool) > max_maps:
         pool = pool.sample(n=max_maps, random_state=seed).reset_index(drop=True)
@@ -160,6 +167,8 @@ def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, 
         asks = [(CAPTION_PROMPTS[int(rng.integers(len(CAPTION_PROMPTS)))], caption(f, rng))]
         vq = visual_questions(f, rng)
         asks += [vq[i] for i in sorted(rng.permutation(len(vq))[:questions_per_map])]
+        if shuffle_turns:
+            asks = [asks[i] for i in rng.permutation(len(asks))]
         for prompt, text in asks:
             images.append(image)
             prompts.append(prompt)
@@ -167,25 +176,33 @@ def caption_corpus(maps: pd.DataFrame, size: int, seed: int, max_maps: int = 0, 
     return images, captions, prompts
 
 
-def caption_dataset(images, captions, prompts):
+def caption_dataset(images, captions, prompts, pack: bool = False):
     """The captions in TRL's VLM conversation layout (the same layout SFT uses).
 
     A map's picture is shared by its caption and its questions (the same PIL object, three examples): it is
     encoded to the dataset's image bytes once, as `datasets` itself would encode it, instead of once per
-    example (27,000 encodes instead of 82,000 in the default's seeing step)."""
+    example (27,000 encodes instead of 82,000 in the default's seeing step).
+
+    `pack`: the consecutive examples of one picture become the turns of one conversation, the picture in its
+    first user turn only; every answer is still a labelled assistant turn (the chat template's generation
+    marks), so the loss covers the same answers with a third of the picture encodings and forward passes."""
     from datasets import Dataset, Image, List
     from datasets.features.image import encode_pil_image
     encoded: dict[int, dict] = {}
-    cells = []
-    for im in images:
+    cells, conversations = [], []
+    for im, p, c in zip(images, prompts, captions):
+        turn = [{"role": "user", "content": [{"type": "text", "text": p}]},
+                {"role": "assistant", "content": [{"type": "text", "text": c}]}]
+        if pack and conversations and id(im) == last:
+            conversations[-1] += turn
+            continue
         if id(im) not in encoded:
             encoded[id(im)] = encode_pil_image(im)
+        last = id(im)
+        turn[0]["content"].insert(0, {"type": "image"})
         cells.append([encoded[id(im)]])
-    return Dataset.from_dict({
-        "images": cells,
-        "messages": [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]},
-                      {"role": "assistant", "content": [{"type": "text", "text": c}]}]
-                     for p, c in zip(prompts, captions)]}).cast_column("images", List(Image()))
+        conversations.append(turn)
+    return Dataset.from_dict({"images": cells, "messages": conversations}).cast_column("images", List(Image()))
 
 
 def _code_hash() -> str:
@@ -278,7 +295,7 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
     stage 01 generator settings, for the extra seeing maps (:func:`pretraining_maps`)."""
     images, captions, prompts = caption_corpus(maps, settings.render_size or settings.image_size, seed,
                                                settings.max_maps, settings.extra_maps, settings.questions_per_map,
-                                               generator)
+                                               generator, shuffle_turns=settings.pack_questions)
     if not images:
         raise ValueError("the tiny base needs training-split maps to caption; stage 01 assigned none to 'train'")
     lm_texts = list(texts)
@@ -296,10 +313,12 @@ def build_tiny_base(texts: list[str], maps: pd.DataFrame, spec, settings: Pretra
     if settings.text_epochs > 0 and lm_texts:  # language first, as real VLMs start from a trained LLM
         text_result = train_text(tmp / "init", lm_texts, tmp / "speaking", settings, seed)
         start = tmp / "speaking"
-    cfg = seeing_config(str(start), str(tmp / "train"), settings, seed, n_threads, len(images))
-    result = sft.train(cfg, caption_dataset(images, captions, prompts), export_dir=tmp / "model")
+    seeing = caption_dataset(images, captions, prompts, pack=settings.pack_questions)
+    cfg = seeing_config(str(start), str(tmp / "train"), settings, seed, n_threads, len(seeing))
+    result = sft.train(cfg, seeing, export_dir=tmp / "model")
     record = {"key": key, "spec": asdict(spec), "pretrain": asdict(settings), "seed": seed,
-              "n_maps": len({id(im) for im in images}), "n_examples": len(images),  # a map's image is shared
+              "n_maps": len({id(im) for im in images}), "n_answers": len(images),  # a map's image is shared
+              "n_examples": len(seeing),  # packed: one conversation per map
               "n_tokenizer_texts": len(texts), "result": result, "text_result": text_result,
               "example_caption": captions[0]}
     (tmp / "model" / "factory.json").write_text(json.dumps(record, indent=1))
