@@ -9,7 +9,9 @@ same model on the same examples twice in this process, the old path first:
 - seeing step (full-parameter captioning of the tiny base): old = TRL's collator (chat template and image
   processor on every batch) and its fused LM head over every position, random batches of 8 (the recipe until
   2026-11-30); new = `models.seeing_config` at the recipe's settings (`params/default.yaml` over the notebook's
-  defaults), with the loss on the answer's positions only (`sft.answer_token_loss`);
+  defaults), with the loss on the answer's positions only (`sft.answer_token_loss`) and, where the recipe packs
+  them (`pretrain_pack_questions`), a map's caption and questions as one conversation with the picture encoded
+  once. Both paths are counted in answers (labelled turns) per second, and FLOPs per answer;
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
   at the recipe's settings with LoRA (examples encoded once, padded per batch; 8 pairs per step in one batch);
   where the recipe trains every weight (`05_sft.lora: false`), a row for that too, against the same old path;
@@ -223,14 +225,25 @@ def main(argv=None) -> int:
     maps = table.read_table(run / "data" / "maps.parquet")
     factory = json.loads((Path(base) / "factory.json").read_text())
     size = factory["pretrain"].get("render_size") or factory["spec"]["image_size"]  # as the base saw its maps
+    # The old path trains one example per question; the recipe (`pretrain_pack_questions`) may pack a map's
+    # questions into one conversation, so both paths are counted in answers (labelled turns) per second.
+    pack = bool(p05["pretrain_pack_questions"])
     images, captions, prompts = models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3))
     seeing_ds = models.caption_dataset(images, captions, prompts)
+    new_ds = seeing_ds
+    if pack:
+        new_ds = models.caption_dataset(*models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3),
+                                                               shuffle_turns=True), pack=True)
+    per_example = len(seeing_ds) / len(new_ds)  # answers per training example of the new path
     settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],
-                                       batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"])
-    new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(seeing_ds))
+                                       batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"],
+                                       pack_questions=pack)
+    new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(new_ds))
     old_cfg = old_path(new_cfg, tmp / "seeing_old", batch=8, accumulation=1)
-    old, new = train_rate(old_cfg, seeing_ds), train_rate(new_cfg, seeing_ds)
-    rows.append(row("seeing step", old, new, flops_per_sample(base, seeing_ds, None), top))
+    old, new = train_rate(old_cfg, seeing_ds), train_rate(new_cfg, new_ds)
+    new = new | {k: round(new[k] * per_example, 1) for k in ("samples_per_second", "samples_per_second_with_setup")}
+    rows.append(row("seeing step", old, new, flops_per_sample(base, new_ds, None) / per_example, top)
+                | {"packed": pack, "answers_per_example": round(per_example, 2)})
     print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
     # LoRA SFT on the run's pairs (a seeded sample of them).
