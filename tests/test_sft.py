@@ -284,9 +284,16 @@ def test_answer_token_loss_trains_as_trls_fused_head(base, vqa_ds, tmp_path, mon
         assert len(a) == len(b) == 4 and a == pytest.approx(b, rel=1e-4, abs=1e-6), key
     a = load_file(tmp_path / "answer" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "fused" / "adapter" / "adapter_model.safetensors")
-    # Adam divides by the root of tiny second moments, so rounding shows most on parameters with near-zero
-    # gradients: after four steps at lr 1e-2 the weights (up to 0.1) agree within about 2e-4
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=1e-3, atol=5e-4) for k in a)
+    # Adam divides by the root of tiny second moments, so float rounding shows on the few weights whose gradient is
+    # itself rounding noise: their step is up to lr (1e-2) whichever sign the noise takes, on any host. So the whole
+    # adapter is compared, not its worst weight. The same training differs by rounding: a relative norm of 1.7e-4,
+    # and 3 of 77,824 weights beyond 5e-4 (the worst 1.2e-3) on a 2-core AVX-512 host where a per-weight bound
+    # failed. Other gradients do not pass: the fused run at a learning rate 10% higher gives 0.057 and 80% of them.
+    assert a.keys() == b.keys()
+    diff = torch.cat([(a[k] - b[k]).flatten() for k in a])
+    ref = torch.cat([b[k].flatten() for k in a])
+    assert diff.norm() <= 2e-3 * ref.norm(), float(diff.norm() / ref.norm())
+    assert (diff.abs() > 5e-4).float().mean() <= 1e-3, int((diff.abs() > 5e-4).sum())
 
 
 def test_batch_rebalance_pads_less_and_keeps_each_step_random(base, maps):
