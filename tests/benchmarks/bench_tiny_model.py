@@ -1,6 +1,7 @@
 """The tiny model's seeing step, LoRA SFT and greedy answers: the old path against the pipeline's, side by side.
 
     python tests/benchmarks/bench_tiny_model.py [--run RUN] [--samples 1024] [--answers 384] [--out DIR]
+                                                [--paths train,answers]
 
 RUN is a run folder with stages 01 to 05 done (its maps, SFT pairs, base and SFT model); without it the smoke
 params run stages 01 to 05 into a temporary folder first (about 3 minutes). Each row trains or answers with the
@@ -15,8 +16,9 @@ same model on the same examples twice in this process, the old path first:
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
   at the recipe's settings with LoRA (examples encoded once, padded per batch; 8 pairs per step in one batch);
   where the recipe trains every weight (`05_sft.lora: false`), a row for that too, against the same old path;
-- greedy answers to validation questions: old = batches of 16 in request order; new = `HFChat` as the stages
-  use it (batches of `eval_batch_size`, grouped by length);
+- greedy answers to validation questions: old = batches of 16 in request order, plain `generate`; new = `HFChat`
+  as the stages use it (batches of `eval_batch_size`, grouped by length, each answer leaving its batch when it
+  ends: `chat.decoding`);
 - defect-type answers as the scorer asks them (sim-to-real on 30,501 real maps, stage 07's type check,
   `wafersage-score`) on validation maps: old = whole answers; new = each stopped after the sentence that
   states the type (the labels must be the same: `same_labels_share`);
@@ -119,12 +121,13 @@ def train_rate(cfg: sft.TrainConfig, dataset) -> dict:
             "wall_s": round(wall, 1), "samples_per_second_with_setup": round(per_step * result["steps"] / wall, 1)}
 
 
-def answer_rate(model_dir: str, rows, run_dir: Path, batch_size: int, grouped: bool, max_tokens: int) -> dict:
-    """Greedy answers per second with an empty cache."""
+def answer_rate(model_dir: str, rows, run_dir: Path, batch_size: int, new: bool, max_tokens: int) -> dict:
+    """Greedy answers per second with an empty cache: the old path (request order, plain `generate`) or the new
+    (grouped by length, each answer leaving its batch when it ends)."""
     from wafersage_utils.chat.hf_chat import HFChat
     from wafersage_utils.evaluation import inference
     with tempfile.TemporaryDirectory() as cache:
-        chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=grouped)
+        chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=new, drop_finished=new)
         t0 = time.perf_counter()
         answers = inference.answer_rows(chat, rows, run_dir, max_tokens, progress=False)
         dt = time.perf_counter() - t0
@@ -148,10 +151,11 @@ def answer_flops(model_dir: str, rows, run_dir: Path, max_tokens: int, n: int = 
 
 def type_answer_rate(model_dir: str, wafer_maps: list, batch_size: int, full: bool) -> dict:
     """Defect-type answers per second as the scorer asks them (sim-to-real, 07's type check, wafersage-score):
-    whole answers (the old path) or stopped after the type statement (the new)."""
+    whole answers with plain `generate` (the old path) or stopped after the type statement, each answer leaving
+    its batch when it ends (the new)."""
     from wafersage_utils.evaluation import model_info, scorer
     info = replace(model_info.read_info(Path(model_dir)), views=1)  # one view: the vote has its own row
-    asker = scorer.MapAsker(Path(model_dir), "merged", info)
+    asker = scorer.MapAsker(Path(model_dir), "merged", info, drop_finished=not full)
     asker.ask(wafer_maps[:8], 8, progress=False, full_answers=full)  # load and warm up
     t0 = time.perf_counter()
     answers = asker.ask(wafer_maps, batch_size, progress=False, full_answers=full)
@@ -161,11 +165,12 @@ def type_answer_rate(model_dir: str, wafer_maps: list, batch_size: int, full: bo
 
 def vote_rate(model_dir: str, wafer_maps: list, batch_size: int, settle: bool, n_views: int = 4) -> dict:
     """Maps per second of the vote over `n_views` turned views as the scorer asks it: every view about every map
-    (the old path) or each further view only while a map's vote is open (`settle`, the new)."""
+    with plain `generate` (the old path) or each further view only while a map's vote is open (`settle`, the new,
+    with each answer leaving its batch when it ends)."""
     from wafersage_utils.evaluation import model_info, scorer, views
     from wafersage_utils.evaluation.answers import parse_labels
     info = replace(model_info.read_info(Path(model_dir)), views=n_views)
-    asker = scorer.MapAsker(Path(model_dir), "merged", info)
+    asker = scorer.MapAsker(Path(model_dir), "merged", info, drop_finished=settle)
     asker.ask_views(wafer_maps[:8], 8, progress=False)  # load and warm up
     t0 = time.perf_counter()
     per_view = asker.ask_views(wafer_maps, batch_size, progress=False, settle=settle)
@@ -207,98 +212,105 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=1024, help="training examples per path and step kind")
     ap.add_argument("--answers", type=int, default=384, help="validation questions answered per path")
     ap.add_argument("--out", type=Path, help="folder for bench_tiny_model.json")
+    ap.add_argument("--paths", default="train,answers",
+                    help="rows to measure, comma-separated: train (seeing step, SFT), answers (greedy, type, vote)")
     args = ap.parse_args(argv)
+    paths = set(args.paths.split(","))
+    if not paths or paths - {"train", "answers"}:
+        ap.error(f"--paths: expected train and/or answers, got {args.paths!r}")
     from datasets import load_from_disk
     tmp = Path(tempfile.mkdtemp(prefix="bench_tiny_"))
     run = args.run.resolve() if args.run else smoke_run(tmp)
     p05, p07 = recipe("05_sft"), recipe("07_eval")
     threads = int(p05["n_threads"])
     torch.set_num_threads(threads)
-    base = json.loads((run / "models" / "base.json").read_text())["path"]
     merged = str(run / "models" / "sft" / "merged")
+    maps = table.read_table(run / "data" / "maps.parquet")
     peak = matmul_peak(threads)
     top = max(peak.values())
     print(json.dumps({"matmul_gflops": peak, "threads": threads}), flush=True)
     rows = []
 
-    # Seeing step: the base's captioning, on the run's training maps (a map gives a caption and two questions).
-    maps = table.read_table(run / "data" / "maps.parquet")
-    factory = json.loads((Path(base) / "factory.json").read_text())
-    size = factory["pretrain"].get("render_size") or factory["spec"]["image_size"]  # as the base saw its maps
-    # The old path trains one example per question; the recipe (`pretrain_pack_questions`) may pack a map's
-    # questions into one conversation, so both paths are counted in answers (labelled turns) per second.
-    pack = bool(p05["pretrain_pack_questions"])
-    images, captions, prompts = models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3))
-    seeing_ds = models.caption_dataset(images, captions, prompts)
-    new_ds = seeing_ds
-    if pack:
-        new_ds = models.caption_dataset(*models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3),
-                                                               shuffle_turns=True), pack=True)
-    per_example = len(seeing_ds) / len(new_ds)  # answers per training example of the new path
-    settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],
-                                       batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"],
-                                       pack_questions=pack)
-    new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(new_ds))
-    old_cfg = old_path(new_cfg, tmp / "seeing_old", batch=8, accumulation=1)
-    old, new = train_rate(old_cfg, seeing_ds), train_rate(new_cfg, new_ds)
-    new = new | {k: round(new[k] * per_example, 1) for k in ("samples_per_second", "samples_per_second_with_setup")}
-    rows.append(row("seeing step", old, new, flops_per_sample(base, new_ds, None) / per_example, top)
-                | {"packed": pack, "answers_per_example": round(per_example, 2)})
-    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+    if "train" in paths:  # the seeing step and SFT
+        # Seeing step: the base's captioning, on the run's training maps (a map gives a caption and two questions).
+        base = json.loads((run / "models" / "base.json").read_text())["path"]
+        factory = json.loads((Path(base) / "factory.json").read_text())
+        size = factory["pretrain"].get("render_size") or factory["spec"]["image_size"]  # as the base saw its maps
+        # The old path trains one example per question; the recipe (`pretrain_pack_questions`) may pack a map's
+        # questions into one conversation, so both paths are counted in answers (labelled turns) per second.
+        pack = bool(p05["pretrain_pack_questions"])
+        images, captions, prompts = models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3))
+        seeing_ds = models.caption_dataset(images, captions, prompts)
+        new_ds = seeing_ds
+        if pack:
+            new_ds = models.caption_dataset(*models.caption_corpus(maps, size, 0, max_maps=-(-args.samples // 3),
+                                                                   shuffle_turns=True), pack=True)
+        per_example = len(seeing_ds) / len(new_ds)  # answers per training example of the new path
+        settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],
+                                           batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"],
+                                           pack_questions=pack)
+        new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(new_ds))
+        old_cfg = old_path(new_cfg, tmp / "seeing_old", batch=8, accumulation=1)
+        old, new = train_rate(old_cfg, seeing_ds), train_rate(new_cfg, new_ds)
+        new = new | {k: round(new[k] * per_example, 1) for k in ("samples_per_second", "samples_per_second_with_setup")}
+        rows.append(row("seeing step", old, new, flops_per_sample(base, new_ds, None) / per_example, top)
+                    | {"packed": pack, "answers_per_example": round(per_example, 2)})
+        print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
-    # LoRA SFT on the run's pairs (a seeded sample of them).
-    pairs = load_from_disk(str(run / "data" / "exports" / "trl_sft" / "train"))
-    pairs = pairs.shuffle(seed=0).select(range(min(args.samples, len(pairs))))
-    fields = sft.TrainConfig.__dataclass_fields__
-    recipe_cfg = sft.TrainConfig(**{k: v for k, v in p05.items() if k in fields}
-                                 | {"model": base, "output_dir": str(tmp / "sft_new"), "save_steps": 0,
-                                    "max_steps": -1, "num_train_epochs": 1.0, "seed": 0})
-    lora_cfg = replace(recipe_cfg, lora=True, learning_rate=2e-3)  # the LoRA path at the rates it was chosen with
-    old_cfg = old_path(lora_cfg, tmp / "sft_old", batch=2, accumulation=4)
-    old, new = train_rate(old_cfg, pairs), train_rate(lora_cfg, pairs)
-    rows.append(row("LoRA SFT", old, new, flops_per_sample(base, pairs, lora_cfg), top))
-    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
-    if not recipe_cfg.lora:  # the recipe trains every weight: against the same old LoRA path
-        full = train_rate(replace(recipe_cfg, output_dir=str(tmp / "sft_full")), pairs)
-        rows.append(row("SFT, every weight", old, full, flops_per_sample(base, pairs, None), top))
-        print(json.dumps(rows[-1] | {"old": old, "new": full}), flush=True)
+        # LoRA SFT on the run's pairs (a seeded sample of them).
+        pairs = load_from_disk(str(run / "data" / "exports" / "trl_sft" / "train"))
+        pairs = pairs.shuffle(seed=0).select(range(min(args.samples, len(pairs))))
+        fields = sft.TrainConfig.__dataclass_fields__
+        recipe_cfg = sft.TrainConfig(**{k: v for k, v in p05.items() if k in fields}
+                                     | {"model": base, "output_dir": str(tmp / "sft_new"), "save_steps": 0,
+                                        "max_steps": -1, "num_train_epochs": 1.0, "seed": 0})
+        lora_cfg = replace(recipe_cfg, lora=True, learning_rate=2e-3)  # the LoRA path at the rates it was chosen with
+        old_cfg = old_path(lora_cfg, tmp / "sft_old", batch=2, accumulation=4)
+        old, new = train_rate(old_cfg, pairs), train_rate(lora_cfg, pairs)
+        rows.append(row("LoRA SFT", old, new, flops_per_sample(base, pairs, lora_cfg), top))
+        print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+        if not recipe_cfg.lora:  # the recipe trains every weight: against the same old LoRA path
+            full = train_rate(replace(recipe_cfg, output_dir=str(tmp / "sft_full")), pairs)
+            rows.append(row("SFT, every weight", old, full, flops_per_sample(base, pairs, None), top))
+            print(json.dumps(rows[-1] | {"old": old, "new": full}), flush=True)
 
-    # Greedy answers to validation questions with the SFT model.
-    import pandas as pd
-    vqa = pd.read_parquet(run / "data" / "vqa.parquet")
-    val = vqa[vqa["split"] == "val"]
-    asked = val.sample(n=min(args.answers, len(val)), random_state=0).reset_index(drop=True)
-    max_tokens = int(p07["eval_max_tokens"])
-    old = answer_rate(merged, asked, run, 16, False, max_tokens)
-    new = answer_rate(merged, asked, run, int(p07["eval_batch_size"]), True, max_tokens)
-    same = sum(a == b for a, b in zip(old.pop("answers"), new.pop("answers"))) / len(asked)
-    rows.append(row("greedy answers", old, new, answer_flops(merged, asked, run, max_tokens), top)
-                | {"same_answer_share": round(same, 3)})
-    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+    if "answers" in paths:  # greedy answers, type answers, the vote
+        # Greedy answers to validation questions with the SFT model.
+        import pandas as pd
+        vqa = pd.read_parquet(run / "data" / "vqa.parquet")
+        val = vqa[vqa["split"] == "val"]
+        asked = val.sample(n=min(args.answers, len(val)), random_state=0).reset_index(drop=True)
+        max_tokens = int(p07["eval_max_tokens"])
+        old = answer_rate(merged, asked, run, 16, False, max_tokens)
+        new = answer_rate(merged, asked, run, int(p07["eval_batch_size"]), True, max_tokens)
+        same = sum(a == b for a, b in zip(old.pop("answers"), new.pop("answers"))) / len(asked)
+        rows.append(row("greedy answers", old, new, answer_flops(merged, asked, run, max_tokens), top)
+                    | {"same_answer_share": round(same, 3)})
+        print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
-    # Defect-type answers as the scorer asks them, on the run's validation maps: whole answers, then stopped
-    # after the type statement (same labels: the parser reads only that sentence).
-    from wafersage_utils.evaluation.answers import parse_labels
-    val_maps = maps[maps["split"] == "val"].sample(n=min(args.answers, int((maps["split"] == "val").sum())),
-                                                   random_state=0)
-    wafer_maps = list(val_maps["wafer_map"])
-    old = type_answer_rate(merged, wafer_maps, int(p07["eval_batch_size"]), full=True)
-    new = type_answer_rate(merged, wafer_maps, int(p07["eval_batch_size"]), full=False)
-    same = sum(parse_labels(a) == parse_labels(b) for a, b in zip(old.pop("answers"), new.pop("answers")))
-    rows.append(row("type answers", old, new, type_answer_flops(merged, wafer_maps, full=False), top)
-                | {"same_labels_share": round(same / len(wafer_maps), 3)})
-    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+        # Defect-type answers as the scorer asks them, on the run's validation maps: whole answers, then stopped
+        # after the type statement (same labels: the parser reads only that sentence).
+        from wafersage_utils.evaluation.answers import parse_labels
+        val_maps = maps[maps["split"] == "val"].sample(n=min(args.answers, int((maps["split"] == "val").sum())),
+                                                       random_state=0)
+        wafer_maps = list(val_maps["wafer_map"])
+        old = type_answer_rate(merged, wafer_maps, int(p07["eval_batch_size"]), full=True)
+        new = type_answer_rate(merged, wafer_maps, int(p07["eval_batch_size"]), full=False)
+        same = sum(parse_labels(a) == parse_labels(b) for a, b in zip(old.pop("answers"), new.pop("answers")))
+        rows.append(row("type answers", old, new, type_answer_flops(merged, wafer_maps, full=False), top)
+                    | {"same_labels_share": round(same / len(wafer_maps), 3)})
+        print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
-    # The vote over four turned views (a model whose wafersage.json says `views: 4`): every view asked about
-    # every map, then each further view only while the map's vote is open (the same labels by construction).
-    old = vote_rate(merged, wafer_maps, int(p07["eval_batch_size"]), settle=False)
-    new = vote_rate(merged, wafer_maps, int(p07["eval_batch_size"]), settle=True)
-    same = sum(a == b for a, b in zip(old.pop("labels"), new.pop("labels")))
-    flops = new["views_asked_per_map"] * type_answer_flops(merged, wafer_maps, full=False)  # the work it does
-    rows.append(row("4-view vote", old, new, flops, top)
-                | {"same_labels_share": round(same / len(wafer_maps), 3),
-                   "views_asked_per_map": new["views_asked_per_map"]})
-    print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
+        # The vote over four turned views (a model whose wafersage.json says `views: 4`): every view asked about
+        # every map, then each further view only while the map's vote is open (the same labels by construction).
+        old = vote_rate(merged, wafer_maps, int(p07["eval_batch_size"]), settle=False)
+        new = vote_rate(merged, wafer_maps, int(p07["eval_batch_size"]), settle=True)
+        same = sum(a == b for a, b in zip(old.pop("labels"), new.pop("labels")))
+        flops = new["views_asked_per_map"] * type_answer_flops(merged, wafer_maps, full=False)  # the work it does
+        rows.append(row("4-view vote", old, new, flops, top)
+                    | {"same_labels_share": round(same / len(wafer_maps), 3),
+                       "views_asked_per_map": new["views_asked_per_map"]})
+        print(json.dumps(rows[-1] | {"old": old, "new": new}), flush=True)
 
     print(f"\n{'path':16} {'old/s':>8} {'new/s':>8} {'ratio':>6} {'MFLOP/sample':>13} {'GFLOP/s':>8} {'of peak':>8}")
     for r in rows:

@@ -2,7 +2,7 @@
 
 Requests are the same dicts the remote client sends (:func:`.llm.build_request`); images arrive as PNG data
 URLs and are decoded back. Answers are greedy (or sampled at the request's temperature), generated in
-batches, and cached on disk under the same keys as remote answers, with the model named by its path and a
+batches (greedy ones leave their batch when they end: :mod:`.decoding`), and cached on disk under the same keys as remote answers, with the model named by its path and a
 fingerprint of its config and weight files, so retraining into the same folder does not reuse stale answers.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .decoding import greedy_dropping_finished
 from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning, truncation_of
 
 log = logging.getLogger("wafersage.hf_chat")
@@ -81,7 +82,8 @@ def _text_length(request: dict) -> int:
 class HFChat:
     """Batched generation with a local image-text-to-text model, behind the ChatClient interface."""
 
-    def __init__(self, path: str, cache_dir: Path, batch_size: int = 64, device: str = "", length_grouped: bool = True):
+    def __init__(self, path: str, cache_dir: Path, batch_size: int = 64, device: str = "", length_grouped: bool = True,
+                 drop_finished: bool = True):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,7 +93,7 @@ class HFChat:
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
         self.cache = ResponseCache(cache_dir)
-        self.n_requests, self.length_grouped = 0, length_grouped
+        self.n_requests, self.length_grouped, self.drop_finished = 0, length_grouped, drop_finished
 
     def _generate(self, requests: list[dict]) -> list[str]:
         import torch
@@ -105,9 +107,11 @@ class HFChat:
             cut = truncation_of(requests[0])  # (and a checkpoint's generation_config its own top_p)
             sampling = {"do_sample": True, "temperature": temp, "top_k": cut["top_k"], "top_p": 1.0,
                         "min_p": cut["min_p"] or None}
+        # Greedy batches drop each answer from the batch once it ends (the same answers, less compute).
+        decoding = sampling or {"do_sample": False,
+                                **({"custom_generate": greedy_dropping_finished} if self.drop_finished else {})}
         with torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=int(requests[0].get("max_tokens", 256)),
-                                      **(sampling or {"do_sample": False}))
+            out = self.model.generate(**inputs, max_new_tokens=int(requests[0].get("max_tokens", 256)), **decoding)
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def complete_many(self, requests: list[dict], desc: str = "hf", progress: bool = True) -> list[ChatResult]:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..chat.decoding import greedy_dropping_finished
 from ..maps.conventions import NONE_LABEL, VOCAB, label_key
 from ..maps.loaders import load_mixedwm38, load_wm811k
 from ..maps.render import render_array
@@ -90,10 +91,11 @@ def load_labelled(path: str | Path, max_maps: int = 0, seed: int = 0) -> tuple[p
 class MapAsker:
     """A model asked its defect-type question about wafer maps, rendered as it was trained, greedily."""
 
-    def __init__(self, folder: Path, kind: str, info: ModelInfo, device: str = ""):
+    def __init__(self, folder: Path, kind: str, info: ModelInfo, device: str = "", drop_finished: bool = True):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.info, self.device = info, device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.drop_finished = drop_finished  # each answer leaves its batch when it ends (:mod:`..chat.decoding`)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         if kind == "adapter":
             from peft import PeftModel
@@ -168,7 +170,8 @@ class MapAsker:
         criteria = [_statement_stopper(self.processor.tokenizer, n_prompt, self.breaks())] if stop else None
         with torch.inference_mode():
             ids = self.model.generate(**inputs, max_new_tokens=self.info.max_new_tokens, do_sample=False,
-                                      stopping_criteria=criteria)
+                                      stopping_criteria=criteria,
+                                      custom_generate=greedy_dropping_finished if self.drop_finished else None)
         answers = self.processor.batch_decode(ids[:, n_prompt:], skip_special_tokens=True)
         ends = [statement_end(a) if stop else None for a in answers]
         return [(a if end is None else a[:end]).strip() for a, end in zip(answers, ends)]
@@ -191,24 +194,22 @@ def _labels(answer: str | None) -> list[str] | None:
 
 def _statement_stopper(tokenizer, n_prompt: int, breaks):
     """A stopping criterion that marks each answer of a generation batch finished once its type statement
-    is (:func:`.answers.statement_end`); generate pads the finished ones until the batch is done. A sentence
-    can only end at a token holding '.', '!', '?' or a newline or just after one (`breaks`, a bool per
-    token id), so only those answers are decoded and looked at."""
+    is (:func:`.answers.statement_end`). It judges each row from its own tokens and keeps no state between
+    steps, so the decoder may drop finished rows from the batch (:mod:`..chat.decoding`). A sentence can only
+    end at a token holding '.', '!', '?' or a newline or just after one (`breaks`, a bool per token id), so
+    only those answers are decoded and looked at."""
     import torch
     from transformers import StoppingCriteria
 
     class StatementStop(StoppingCriteria):
-        done = None
-
         def __call__(self, input_ids, scores, **kwargs):
-            if self.done is None:
-                self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
             recent = input_ids[:, max(n_prompt, input_ids.shape[1] - 2):]
             near = breaks.to(input_ids.device)[recent.clamp(max=len(breaks) - 1)].any(dim=1)
-            for i in (near & ~self.done).nonzero().flatten().tolist():
+            for i in near.nonzero().flatten().tolist():
                 text = tokenizer.decode(input_ids[i, n_prompt:], skip_special_tokens=True)
-                self.done[i] = statement_end(text) is not None
-            return self.done.clone()
+                done[i] = statement_end(text) is not None
+            return done
 
     return StatementStop()
 

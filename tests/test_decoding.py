@@ -1,0 +1,91 @@
+"""Greedy decoding that drops finished answers from the batch gives `generate`'s own greedy tokens, row for
+row, whatever order the rows end in; and the backends that use it (the `hf` chat backend, the scorer) answer
+as before."""
+import pytest
+import torch
+from transformers import StoppingCriteria
+
+from tests.test_synth import _one
+from wafersage_utils.chat.decoding import greedy_dropping_finished
+from wafersage_utils.corpus import teacher
+from wafersage_utils.maps import render
+from wafersage_utils.training import tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """An untrained tiny Qwen3-VL, its processor and a batch of six image questions of different lengths
+    (left-padded, as the backends batch them). The random weights are drawn at a larger scale than the
+    builder's, so that each answer depends on its picture and question (at the builder's scale every row
+    repeats one token)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    path = tmp_path_factory.mktemp("tiny") / "m"
+    tiny_vlm.build_tiny_vlm(list(teacher.load_prompts().values()) * 5, path, tiny_vlm.TinySpec(image_size=64), seed=3)
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 2 / p.shape[1] ** 0.5)
+    maps = [_one(k, density=1.0)[0] for k in ("Center", "Donut", "Edge-Ring", "Scratch", "Random", "Near-full")]
+    questions = ["Where?", "Describe the failing dies on this wafer map in detail.", "Type?",
+                 "What process step could cause this pattern, and why?", "Is it clean?", "Name the defect."]
+    convs = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}] for q in questions]
+    texts = processor.apply_chat_template(convs, add_generation_prompt=True, tokenize=False)
+    images = [render.to_image(m, 64).convert("RGB") for m in maps]
+    batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
+    return model, processor, batch
+
+
+class StopAfter(StoppingCriteria):
+    """Ends each row after a number of new tokens that its own prompt decides (2 to 8, from the length of its
+    question): rows end at different steps, judged from their own tokens only."""
+
+    def __init__(self, n_prompt: int, pad: int):
+        self.n_prompt, self.pad = n_prompt, pad
+
+    def __call__(self, input_ids, scores, **kwargs):
+        asked = (input_ids[:, :self.n_prompt] != self.pad).sum(dim=1)
+        return torch.full_like(asked, input_ids.shape[1] - self.n_prompt) >= 2 + asked % 7
+
+
+def _both(model, batch, **kw):
+    with torch.inference_mode():
+        plain = model.generate(**batch, do_sample=False, **kw)
+        dropping = model.generate(**batch, do_sample=False, custom_generate=greedy_dropping_finished, **kw)
+    return plain, dropping
+
+
+def test_same_tokens_as_generate_when_rows_end_at_different_steps(tiny):
+    model, _, batch = tiny
+    n_prompt = batch["input_ids"].shape[1]
+    plain, dropping = _both(model, batch, max_new_tokens=12, stopping_criteria=[StopAfter(n_prompt, model.generation_config.pad_token_id)])
+    ends = (plain[:, n_prompt:] != model.generation_config.pad_token_id).sum(dim=1)
+    assert len(set(ends.tolist())) >= 3  # the rows really leave the batch at different steps
+    assert torch.equal(plain, dropping)
+
+
+def test_same_tokens_with_the_end_token_the_length_limit_and_a_sequence_bias(tiny):
+    # The exported models carry a `sequence_bias` (calibration): generate's logits processors must still apply,
+    # each to its row's own tokens, after the rows around it have left.
+    model, _, batch = tiny
+    n_prompt = batch["input_ids"].shape[1]
+    plain, _ = _both(model, batch, max_new_tokens=10)
+    new = plain[:, n_prompt:]
+    assert len({tuple(r) for r in new.tolist()}) == len(new)  # the answers differ
+    eos = sorted({int(new[0, 4]), int(new[2, 2]), int(new[4, 6])})  # rows end at different steps, some at 10
+    bias = [[[int(new[1, 0]), int(new[1, 1])], -100.0]]  # forbids row 1's second token after its first
+    plain, dropping = _both(model, batch, max_new_tokens=10, eos_token_id=eos, sequence_bias=bias)
+    assert torch.equal(plain, dropping)
+    unbiased, _ = _both(model, batch, max_new_tokens=10, eos_token_id=eos)
+    assert not torch.equal(unbiased, dropping)  # the bias changed an answer: it was applied, not skipped
+    ends = (plain[:, n_prompt:] != model.generation_config.pad_token_id).sum(dim=1)
+    assert len(set(ends.tolist())) >= 2
+
+
+def test_refuses_what_it_does_not_decode(tiny):
+    model, _, batch = tiny
+    with pytest.raises(ValueError, match="greedily"), torch.inference_mode():
+        model.generate(**batch, do_sample=True, max_new_tokens=2, custom_generate=greedy_dropping_finished)
