@@ -1,6 +1,6 @@
 """Greedy decoding that drops finished answers from the batch gives `generate`'s own greedy tokens, row for
-row, whatever order the rows end in; and the backends that use it (the `hf` chat backend, the scorer) answer
-as before."""
+row, whatever order the rows end in; the vision tower's batched attention gives the library's outputs bit for
+bit."""
 import pytest
 import torch
 from transformers import StoppingCriteria
@@ -89,3 +89,42 @@ def test_refuses_what_it_does_not_decode(tiny):
     model, _, batch = tiny
     with pytest.raises(ValueError, match="greedily"), torch.inference_mode():
         model.generate(**batch, do_sample=True, max_new_tokens=2, custom_generate=greedy_dropping_finished)
+
+
+def test_batched_vision_attention_is_the_librarys_bit_for_bit(tiny):
+    import copy
+
+    from wafersage_utils.chat.vision_attention import batch_vision_attention
+    model, processor, batch = tiny
+    fast = copy.deepcopy(model)
+    assert batch_vision_attention(fast) == model.config.vision_config.depth
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*a, **kw):
+        calls.append(a[0].shape)
+        return sdpa(*a, **kw)
+    with torch.inference_mode():
+        ref = model.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        torch.nn.functional.scaled_dot_product_attention = counted
+        try:
+            out = fast.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = sdpa
+    assert len(calls) == model.config.vision_config.depth and calls[0][0] == 6  # one call per layer, 6 pictures
+    assert torch.equal(ref.pooler_output, out.pooler_output)
+    assert all(torch.equal(a, b) for a, b in zip(ref.deepstack_features, out.deepstack_features))
+    n_prompt = batch["input_ids"].shape[1]
+    with torch.inference_mode():
+        a = model.generate(**batch, do_sample=False, max_new_tokens=8)
+        b = fast.generate(**batch, do_sample=False, max_new_tokens=8, custom_generate=greedy_dropping_finished)
+    assert torch.equal(a[:, n_prompt:], b[:, n_prompt:])
+    # Pictures of different sizes keep the library's per-picture path.
+    small = processor(text=[processor.apply_chat_template([[{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "Type?"}]}]], add_generation_prompt=True, tokenize=False)[0]] * 2,
+        images=[render.to_image(_one("Center", density=1.0)[0], s).convert("RGB") for s in (64, 32)],
+        padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        ref = model.model.visual(small["pixel_values"], grid_thw=small["image_grid_thw"])
+        out = fast.model.visual(small["pixel_values"], grid_thw=small["image_grid_thw"])
+    assert torch.equal(ref.pooler_output, out.pooler_output)

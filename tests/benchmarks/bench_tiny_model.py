@@ -18,7 +18,7 @@ same model on the same examples twice in this process, the old path first:
   where the recipe trains every weight (`05_sft.lora: false`), a row for that too, against the same old path;
 - greedy answers to validation questions: old = batches of 16 in request order, plain `generate`; new = `HFChat`
   as the stages use it (batches of `eval_batch_size`, grouped by length, each answer leaving its batch when it
-  ends: `chat.decoding`);
+  ends: `chat.decoding`, the vision tower's attention one call per layer: `chat.vision_attention`);
 - defect-type answers as the scorer asks them (sim-to-real on 30,501 real maps, stage 07's type check,
   `wafersage-score`) on validation maps: old = whole answers; new = each stopped after the sentence that
   states the type (the labels must be the same: `same_labels_share`);
@@ -123,11 +123,12 @@ def train_rate(cfg: sft.TrainConfig, dataset) -> dict:
 
 def answer_rate(model_dir: str, rows, run_dir: Path, batch_size: int, new: bool, max_tokens: int) -> dict:
     """Greedy answers per second with an empty cache: the old path (request order, plain `generate`) or the new
-    (grouped by length, each answer leaving its batch when it ends)."""
+    (grouped by length, each answer leaving its batch when it ends, the pictures' attention batched)."""
     from wafersage_utils.chat.hf_chat import HFChat
     from wafersage_utils.evaluation import inference
     with tempfile.TemporaryDirectory() as cache:
-        chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=new, drop_finished=new)
+        chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=new, drop_finished=new,
+                      batched_vision=new)
         t0 = time.perf_counter()
         answers = inference.answer_rows(chat, rows, run_dir, max_tokens, progress=False)
         dt = time.perf_counter() - t0
@@ -155,7 +156,7 @@ def type_answer_rate(model_dir: str, wafer_maps: list, batch_size: int, full: bo
     its batch when it ends (the new)."""
     from wafersage_utils.evaluation import model_info, scorer
     info = replace(model_info.read_info(Path(model_dir)), views=1)  # one view: the vote has its own row
-    asker = scorer.MapAsker(Path(model_dir), "merged", info, drop_finished=not full)
+    asker = scorer.MapAsker(Path(model_dir), "merged", info, drop_finished=not full, batched_vision=not full)
     asker.ask(wafer_maps[:8], 8, progress=False, full_answers=full)  # load and warm up
     t0 = time.perf_counter()
     answers = asker.ask(wafer_maps, batch_size, progress=False, full_answers=full)
@@ -170,7 +171,7 @@ def vote_rate(model_dir: str, wafer_maps: list, batch_size: int, settle: bool, n
     from wafersage_utils.evaluation import model_info, scorer, views
     from wafersage_utils.evaluation.answers import parse_labels
     info = replace(model_info.read_info(Path(model_dir)), views=n_views)
-    asker = scorer.MapAsker(Path(model_dir), "merged", info, drop_finished=settle)
+    asker = scorer.MapAsker(Path(model_dir), "merged", info, drop_finished=settle, batched_vision=settle)
     asker.ask_views(wafer_maps[:8], 8, progress=False)  # load and warm up
     t0 = time.perf_counter()
     per_view = asker.ask_views(wafer_maps, batch_size, progress=False, settle=settle)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .decoding import greedy_dropping_finished
 from .llm import ChatResult, ResponseCache, cache_key, strip_reasoning, truncation_of
+from .vision_attention import batch_vision_attention
 
 log = logging.getLogger("wafersage.hf_chat")
 
@@ -83,7 +84,7 @@ class HFChat:
     """Batched generation with a local image-text-to-text model, behind the ChatClient interface."""
 
     def __init__(self, path: str, cache_dir: Path, batch_size: int = 64, device: str = "", length_grouped: bool = True,
-                 drop_finished: bool = True):
+                 drop_finished: bool = True, batched_vision: bool = True):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -91,6 +92,8 @@ class HFChat:
         self.processor.tokenizer.padding_side = "left"  # decoder-only batches pad on the left
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        if batched_vision:  # same-size pictures attend in one call per layer (the same outputs)
+            batch_vision_attention(self.model)
         self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
         self.cache = ResponseCache(cache_dir)
         self.n_requests, self.length_grouped, self.drop_finished = 0, length_grouped, drop_finished

@@ -39,6 +39,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..chat.decoding import greedy_dropping_finished
+from ..chat.vision_attention import batch_vision_attention
 from ..maps.conventions import NONE_LABEL, VOCAB, label_key
 from ..maps.loaders import load_mixedwm38, load_wm811k
 from ..maps.render import render_array
@@ -91,7 +92,8 @@ def load_labelled(path: str | Path, max_maps: int = 0, seed: int = 0) -> tuple[p
 class MapAsker:
     """A model asked its defect-type question about wafer maps, rendered as it was trained, greedily."""
 
-    def __init__(self, folder: Path, kind: str, info: ModelInfo, device: str = "", drop_finished: bool = True):
+    def __init__(self, folder: Path, kind: str, info: ModelInfo, device: str = "", drop_finished: bool = True,
+                 batched_vision: bool = True):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.info, self.device = info, device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -113,6 +115,8 @@ class MapAsker:
             self.processor = AutoProcessor.from_pretrained(str(folder))
         self.processor.tokenizer.padding_side = "left"
         self.model = model.to(self.device).eval()
+        if batched_vision:  # same-size pictures attend in one call per layer (the same outputs)
+            batch_vision_attention(self.model)
         self.prompt = self.processor.apply_chat_template(info.messages(), add_generation_prompt=True, tokenize=False)
         self.lut = np.array(info.palette_rgb(), np.uint8)
         self._breaks = None

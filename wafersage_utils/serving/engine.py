@@ -9,6 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..chat.vision_attention import batch_vision_attention
 from .schema import RequestError, ServeConfig
 
 log = logging.getLogger("wafersage.serve")
@@ -168,6 +169,7 @@ class Engine:
         self.processor.tokenizer.padding_side = "left"
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForImageTextToText.from_pretrained(cfg.model_path, dtype=dtype).to(self.device).eval()
+        batch_vision_attention(self.model)  # same-size pictures attend in one call per layer (the same outputs)
         gen = self.model.generation_config
         eos = gen.eos_token_id if gen.eos_token_id is not None else self.processor.tokenizer.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos])
