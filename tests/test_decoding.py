@@ -128,3 +128,20 @@ def test_batched_vision_attention_is_the_librarys_bit_for_bit(tiny):
         ref = model.model.visual(small["pixel_values"], grid_thw=small["image_grid_thw"])
         out = fast.model.visual(small["pixel_values"], grid_thw=small["image_grid_thw"])
     assert torch.equal(ref.pooler_output, out.pooler_output)
+
+
+def test_batched_vision_attention_trains_to_the_same_gradients(tiny):
+    # The seeing step and SFT train through the batched path: its gradients must be the library's, bit for bit.
+    import copy
+
+    from wafersage_utils.chat.vision_attention import batch_vision_attention
+    model, _, batch = tiny
+    ref, fast = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    batch_vision_attention(fast)
+    grads = []
+    for m in (ref, fast):
+        out = m.model.visual(batch["pixel_values"], grid_thw=batch["image_grid_thw"])
+        (out.pooler_output.pow(2).mean() + sum(d.pow(2).mean() for d in out.deepstack_features)).backward()
+        grads.append([p.grad for p in m.model.visual.parameters()])
+    assert all(g is not None and torch.equal(g, h) for g, h in zip(*grads))
+    assert any(g.abs().sum() > 0 for g in grads[0])

@@ -102,11 +102,12 @@ def flops_per_sample(model_dir: str, dataset, lora_cfg: sft.TrainConfig | None, 
 
 
 def old_path(cfg: sft.TrainConfig, output_dir: Path, batch: int, accumulation: int) -> sft.TrainConfig:
-    """The training path before 2026-11-30: TRL's collator on every batch, random batches, plain AdamW, and TRL's
-    fused LM head over every position (the loss on the answer's positions only came on 2026-12-04)."""
+    """The training path before 2026-11-30: TRL's collator on every batch, random batches, plain AdamW, TRL's
+    fused LM head over every position (the loss on the answer's positions only came on 2026-12-04) and the vision
+    tower's attention called once per picture (one call per layer since 2026-12-07)."""
     return replace(cfg, output_dir=str(output_dir), per_device_train_batch_size=batch,
                    gradient_accumulation_steps=accumulation, train_sampling_strategy="random", encode_max_gb=0.0,
-                   optim="adamw_torch", answer_loss=False)
+                   optim="adamw_torch", answer_loss=False, batched_vision=False)
 
 
 def train_rate(cfg: sft.TrainConfig, dataset) -> dict:

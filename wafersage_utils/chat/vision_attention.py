@@ -4,11 +4,11 @@ The tower packs every picture of a batch into one sequence and attends within ea
 attention (a CPU, or a GPU without the flash-attn package) transformers splits the sequence and calls
 scaled-dot-product attention once per picture and layer: a batch of 128 wafer maps makes 256 small calls per
 prefill, and at the tiny model's sizes the calls' overhead is most of the tower's attention time. The
-pictures the pipeline asks about all have the same size, so the same attention is one batched call.
-:func:`batch_vision_attention` gives a loaded model's vision attention modules that path; pictures of
-different sizes, training, flash attention and any attention implementation other than SDPA keep the
-library's own forward. The outputs are bitwise those of the library's path on a CPU (tested); answers
-are the same.
+pictures the pipeline trains on and asks about all have the same size, so the same attention is one batched
+call. :func:`batch_vision_attention` gives a loaded model's vision attention modules that path; pictures of
+different sizes, attention dropout in training, flash attention and any attention implementation other than
+SDPA keep the library's own forward. On a CPU the outputs and the gradients are bitwise those of the library's
+path (tested): the same answers, the same trained weights.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ def _batched_forward(self, hidden_states, cu_seqlens, position_embeddings=None, 
     import torch
     from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    if (self.training or self.config._attn_implementation != "sdpa" or lengths.numel() < 2
-            or not bool((lengths == lengths[0]).all())):
+    if ((self.training and self.attention_dropout > 0) or self.config._attn_implementation != "sdpa"
+            or lengths.numel() < 2 or not bool((lengths == lengths[0]).all())):
         return type(self).forward(self, hidden_states, cu_seqlens, position_embeddings=position_embeddings,
                                   max_seqlen=max_seqlen, **kwargs)
     seq = hidden_states.shape[0]

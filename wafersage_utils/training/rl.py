@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..chat.vision_attention import batch_vision_attention
 from ..corpus.scoring import RuleParams
 from ..recipe import RLSettings
 from .rewards import RubricReward, format_reward, label_reward
@@ -197,6 +198,7 @@ def build_trainer(cfg: RLConfig, dataset, rule_params=None, callbacks=()):
     processor = AutoProcessor.from_pretrained(cfg.model)
     processor.tokenizer.padding_side = "left"
     base = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=torch.bfloat16 if prec["bf16"] else torch.float32)
+    batch_vision_attention(base)  # one attention call per layer for same-size pictures (the same numbers)
     if cfg.adapter:
         model = PeftModel.from_pretrained(base, cfg.adapter, is_trainable=True)
     else:

@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..chat.vision_attention import batch_vision_attention
 from ..recipe import SFTSettings
 from .batches import PaddedCollator, distinct_images, encode
 
@@ -92,12 +93,15 @@ class TrainConfig:
     # On a device without Triton, the loss on the labelled positions only (answer_token_loss); False: TRL's fused
     # LM head everywhere (the path before 2026-12-04, kept for the benchmark)
     answer_loss: bool = True
+    # The vision tower's attention in one call per layer for same-size pictures (chat.vision_attention: the same
+    # gradients, bit for bit); False: the library's call per picture (the path before 2026-12-07, for the benchmark)
+    batched_vision: bool = True
     extra: dict = field(default_factory=dict)  # further SFTConfig fields, passed as they are
 
     def key(self) -> str:
         """Hash of the settings that shape the weights (not the bookkeeping ones)."""
         skip = {"output_dir", "logging_steps", "save_steps", "save_total_limit", "resume", "n_threads",
-                "eval_steps", "max_eval_examples", "grad_check_steps", "encode_max_gb"}
+                "eval_steps", "max_eval_examples", "grad_check_steps", "encode_max_gb", "batched_vision"}
         return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k not in skip},
                                          sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -355,6 +359,8 @@ def build_trainer(cfg: TrainConfig, train_ds, eval_ds=None, callbacks=(), proces
     processor = processor or AutoProcessor.from_pretrained(cfg.model)
     dtype = torch.bfloat16 if prec["bf16"] else torch.float32
     model = AutoModelForImageTextToText.from_pretrained(cfg.model, dtype=dtype)
+    if cfg.batched_vision:
+        batch_vision_attention(model)
     args = SFTConfig(
         output_dir=cfg.output_dir, learning_rate=cfg.learning_rate, num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
