@@ -2,17 +2,19 @@
 
 `generate` keeps every row of a batch in every decoding step until the longest answer ends, feeding padding to
 the rows that have finished. For the tiny model's evaluation questions most rows finish early (answers of 5 to
-64 tokens in one batch: on 384 validation questions 54% of the row-steps were padding), and each row costs
+64 tokens in one batch: on 384 wm811k validation questions 54% of the row-steps were padding), and each row costs
 compute at every step. :func:`greedy_dropping_finished` is the same greedy loop with the finished rows taken out
 of the batch, and out of its KV cache, at the step they end.
 
 It plugs into transformers as a custom decoding method (``model.generate(..., custom_generate=
 greedy_dropping_finished)``): `generate` still prepares the inputs, the generation config, the logits processors
 (the exported model's `sequence_bias` among them) and the stopping criteria, so the answers are those of plain
-greedy `generate` (tested token for token); only the loop differs. Requirements: greedy (`do_sample` off), one
-sequence per prompt, a dynamic KV cache, no streamer, and stopping criteria and logits processors that judge
-each row from its own tokens (the library's are; a criterion that keeps per-row state by position in the batch
-would see the rows move).
+greedy `generate` (tested token for token); only the loop differs. Each step's model inputs come from
+`generate`'s own helpers (`prepare_inputs_for_generation`, `_update_model_kwargs_for_generation`); transformers
+is pinned in requirements.txt, and a change there fails the token-for-token tests rather than moving answers.
+Requirements: greedy (`do_sample` off), one beam, a dynamic KV cache, no streamer, and stopping criteria and
+logits processors that judge each row from its own tokens (the library's do; a criterion that keeps per-row
+state by position in the batch would see the rows move).
 """
 from __future__ import annotations
 
