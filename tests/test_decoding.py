@@ -61,7 +61,8 @@ def _both(model, batch, **kw):
 def test_same_tokens_as_generate_when_rows_end_at_different_steps(tiny):
     model, _, batch = tiny
     n_prompt = batch["input_ids"].shape[1]
-    plain, dropping = _both(model, batch, max_new_tokens=12, stopping_criteria=[StopAfter(n_prompt, model.generation_config.pad_token_id)])
+    stop = StopAfter(n_prompt, model.generation_config.pad_token_id)
+    plain, dropping = _both(model, batch, max_new_tokens=12, stopping_criteria=[stop])
     ends = (plain[:, n_prompt:] != model.generation_config.pad_token_id).sum(dim=1)
     assert len(set(ends.tolist())) >= 3  # the rows really leave the batch at different steps
     assert torch.equal(plain, dropping)

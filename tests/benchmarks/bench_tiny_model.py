@@ -249,7 +249,8 @@ def main(argv=None) -> int:
                                                                    shuffle_turns=True), pack=True)
         per_example = len(seeing_ds) / len(new_ds)  # answers per training example of the new path
         settings = models.PretrainSettings(epochs=1.0, learning_rate=p05["pretrain_learning_rate"],
-                                           batch_size=p05["pretrain_batch_size"], micro_batches=p05["pretrain_micro_batches"],
+                                           batch_size=p05["pretrain_batch_size"],
+                                           micro_batches=p05["pretrain_micro_batches"],
                                            pack_questions=pack)
         new_cfg = models.seeing_config(base, str(tmp / "seeing_new"), settings, 0, threads, len(new_ds))
         old_cfg = old_path(new_cfg, tmp / "seeing_old", batch=8, accumulation=1)

@@ -2,8 +2,9 @@
 
 Requests are the same dicts the remote client sends (:func:`.llm.build_request`); images arrive as PNG data
 URLs and are decoded back. Answers are greedy (or sampled at the request's temperature), generated in
-batches (greedy ones leave their batch when they end: :mod:`.decoding`), and cached on disk under the same keys as remote answers, with the model named by its path and a
-fingerprint of its config and weight files, so retraining into the same folder does not reuse stale answers.
+batches (greedy ones leave their batch when they end: :mod:`.decoding`), and cached on disk under the same
+keys as remote answers, with the model named by its path and a fingerprint of its config and weight files, so
+retraining into the same folder does not reuse stale answers.
 """
 from __future__ import annotations
 
