@@ -8,6 +8,7 @@ import torch
 
 from tests.test_synth import _one
 from wafersage_utils.chat import llm
+from wafersage_utils.chat.decoding import greedy_dropping_finished
 from wafersage_utils.chat.hf_chat import HFChat, model_fingerprint, to_hf_messages
 from wafersage_utils.corpus import claims, knowledge, teacher
 from wafersage_utils.maps import facts, render
@@ -94,7 +95,8 @@ def test_hf_sampling_uses_every_token_unless_truncation_is_asked_for(parrot, tmp
     generate = chat.model.generate
 
     def spy(**kw):
-        calls.append({k: kw.get(k) for k in ("do_sample", "temperature", "top_k", "top_p", "min_p") if k in kw})
+        calls.append({k: kw.get(k) for k in ("do_sample", "temperature", "top_k", "top_p", "min_p", "custom_generate")
+                      if k in kw})
         return generate(**kw)
     monkeypatch.setattr(chat.model, "generate", spy)
 
@@ -105,7 +107,7 @@ def test_hf_sampling_uses_every_token_unless_truncation_is_asked_for(parrot, tmp
             request(temperature=1.0, min_p=0.1), request(temperature=1.0, seed=1)]
     out = chat.complete_many(reqs, progress=False)
     assert all(r.text for r in out), [(r.text, r.error) for r in out]
-    assert calls == [{"do_sample": False},
+    assert calls == [{"do_sample": False, "custom_generate": greedy_dropping_finished},  # finished rows leave
                      {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None},
                      {"do_sample": True, "temperature": 1.0, "top_k": 5, "top_p": 1.0, "min_p": None},
                      {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.1}]

@@ -18,6 +18,8 @@ from sklearn.metrics import f1_score
 
 from tests.conftest import real_file
 from wafersage_utils import score as score_cli
+from wafersage_utils.chat.decoding import greedy_dropping_finished
+from wafersage_utils.chat.vision_attention import _batched_forward
 from wafersage_utils.evaluation import model_info, scorer
 from wafersage_utils.maps import render
 from wafersage_utils.maps.conventions import VOCAB
@@ -66,11 +68,12 @@ def test_answers_stop_where_the_type_statement_ends_and_read_as_whole_answers(tm
     detail = " The main failing region is a ring along the edge zone, all around the wafer."
     talker = trained_to_say(ANSWER + detail, tmp_path)
     asker = scorer.MapAsker(talker, "merged", model_info.read_info(talker))
-    generated, generate = [], asker.model.generate
+    generated, decoders, generate = [], set(), asker.model.generate
 
     def counting(**kw):
         ids = generate(**kw)
         generated.append(ids.shape[1] - kw["input_ids"].shape[1])
+        decoders.add(kw.get("custom_generate"))
         return ids
 
     asker.model.generate = counting
@@ -83,6 +86,10 @@ def test_answers_stop_where_the_type_statement_ends_and_read_as_whole_answers(tm
     n_statement = len(asker.processor.tokenizer(ANSWER)["input_ids"])
     assert all(n > n_statement + 5 for n in generated[:2])  # whole answers
     assert generated[2:] == [n_statement + 1] * 2  # the statement and the token that shows it has ended
+    # Every batch drops its finished answers, and the pictures attend in one call per layer.
+    assert decoders == {greedy_dropping_finished}
+    vision = [m for m in asker.model.modules() if type(m).__name__ == "Qwen3VLVisionAttention"]
+    assert vision and all(m.forward.__func__ is _batched_forward for m in vision)
 
 
 @pytest.fixture(scope="module")
