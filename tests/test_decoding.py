@@ -13,22 +13,30 @@ from wafersage_utils.training import tiny_vlm
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """An untrained tiny Qwen3-VL, its processor and a batch of six image questions of different lengths
-    (left-padded, as the backends batch them). The random weights are drawn at a larger scale than the
-    builder's, so that each answer depends on its picture and question (at the builder's scale every row
-    repeats one token)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def tiny_path(tmp_path_factory):
+    """A saved untrained tiny Qwen3-VL whose random weights are drawn at a larger scale than the builder's, so
+    that each answer depends on its picture and question (at the builder's scale every row repeats one token)."""
+    from transformers import AutoModelForImageTextToText
     path = tmp_path_factory.mktemp("tiny") / "m"
     tiny_vlm.build_tiny_vlm(list(teacher.load_prompts().values()) * 5, path, tiny_vlm.TinySpec(image_size=64), seed=3)
-    processor = AutoProcessor.from_pretrained(path)
-    processor.tokenizer.padding_side = "left"
-    model = AutoModelForImageTextToText.from_pretrained(path).eval()
+    model = AutoModelForImageTextToText.from_pretrained(path)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 2 / p.shape[1] ** 0.5)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_path):
+    """The scrambled tiny model, its processor and a batch of six image questions of different lengths
+    (left-padded, as the backends batch them)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    processor = AutoProcessor.from_pretrained(tiny_path)
+    processor.tokenizer.padding_side = "left"
+    model = AutoModelForImageTextToText.from_pretrained(tiny_path).eval()
     maps = [_one(k, density=1.0)[0] for k in ("Center", "Donut", "Edge-Ring", "Scratch", "Random", "Near-full")]
     questions = ["Where?", "Describe the failing dies on this wafer map in detail.", "Type?",
                  "What process step could cause this pattern, and why?", "Is it clean?", "Name the defect."]
@@ -146,3 +154,47 @@ def test_batched_vision_attention_trains_to_the_same_gradients(tiny):
         grads.append([p.grad for p in m.model.visual.parameters()])
     assert all(g is not None and torch.equal(g, h) for g, h in zip(*grads))
     assert any(g.abs().sum() > 0 for g in grads[0])
+
+
+def test_a_picture_asked_several_questions_is_processed_and_seen_once(tiny_path, tmp_path, monkeypatch):
+    # The evaluation asks each map several questions; the hf backend decodes, processes and encodes each
+    # distinct picture of a batch once and gives its features to every question about it. The answers must be
+    # those of encoding every question's picture on its own.
+    from wafersage_utils.chat import llm
+    from wafersage_utils.chat.hf_chat import HFChat
+    pngs = [render.render_cached([_one(k, density=1.0)[0]], 64, tmp_path / k)[0].read_bytes()
+            for k in ("Center", "Scratch", "Donut")]
+    questions = ["Where?", "Describe the failing dies on this wafer map in detail.", "Type?", "Is it clean?"]
+    settings = llm.ChatSettings(model="tiny", max_tokens=8, temperature=0.0)
+    reqs = [llm.build_request(settings, "", q, png) for q in questions for png in pngs]  # pictures interleaved
+    plain = HFChat(str(tiny_path), tmp_path / "plain", batch_size=12, shared_pictures=False)
+    a = [r.text for r in plain.complete_many(reqs, progress=False)]
+    shared = HFChat(str(tiny_path), tmp_path / "shared", batch_size=12)
+    seen, processed = [], []
+    encode, process = shared.model.get_image_features, type(shared.processor.image_processor.inner).__call__
+
+    def count_seen(**kw):
+        seen.append(len(kw["image_grid_thw"]))
+        return encode(**kw)
+
+    def count_processed(self, images, **kw):
+        processed.append(len(images))
+        return process(self, images, **kw)
+    monkeypatch.setattr(shared.model, "get_image_features", count_seen)
+    monkeypatch.setattr(type(shared.processor.image_processor.inner), "__call__", count_processed)
+    b = [r.text for r in shared.complete_many(reqs, progress=False)]
+    assert seen == [3] and processed == [3]  # one batch of 12 questions about 3 maps
+    assert len(set(a)) >= 6 and a == b  # answers that depend on picture and question, and the same ones
+
+
+def test_processing_each_distinct_picture_once_gives_the_processors_outputs(tiny_path):
+    from transformers import AutoProcessor
+
+    from wafersage_utils.chat.hf_chat import _OncePerPicture
+    processor = AutoProcessor.from_pretrained(tiny_path)
+    pictures = [render.to_image(_one(k, density=1.0)[0], 64).convert("RGB") for k in ("Center", "Scratch")]
+    pictures.append(render.to_image(_one("Donut", density=1.0)[0], 32).convert("RGB"))  # another size
+    asked = [pictures[i] for i in (0, 1, 0, 2, 2, 1, 0)]
+    ref = processor.image_processor(asked, return_tensors="pt")
+    out = _OncePerPicture(processor.image_processor)(asked, return_tensors="pt")
+    assert set(out) == set(ref) and all(torch.equal(out[k], ref[k]) for k in ref)

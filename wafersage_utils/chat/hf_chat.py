@@ -2,7 +2,8 @@
 
 Requests are the same dicts the remote client sends (:func:`.llm.build_request`); images arrive as PNG data
 URLs and are decoded back. Answers are greedy (or sampled at the request's temperature), generated in
-batches (greedy ones leave their batch when they end: :mod:`.decoding`), and cached on disk under the same
+batches (greedy ones leave their batch when they end: :mod:`.decoding`; a picture that several questions of
+a batch show is decoded, processed and encoded once), and cached on disk under the same
 keys as remote answers, with the model named by its path and a fingerprint of its config and weight files, so
 retraining into the same folder does not reuse stale answers.
 """
@@ -51,9 +52,11 @@ def model_fingerprint(path: str) -> str:
     return f"{path}@{h.hexdigest()[:12]}"
 
 
-def to_hf_messages(messages: list[dict]) -> tuple[list[dict], list]:
-    """OpenAI-format messages as transformers chat messages, and the PIL images in order."""
+def to_hf_messages(messages: list[dict], decoded: dict | None = None) -> tuple[list[dict], list]:
+    """OpenAI-format messages as transformers chat messages, and the PIL images in order. With `decoded` (a dict
+    kept across calls), each distinct image URL is decoded once and its image object shared."""
     from PIL import Image
+    decoded = {} if decoded is None else decoded
     out, images = [], []
     for m in messages:
         content = m["content"]
@@ -63,8 +66,10 @@ def to_hf_messages(messages: list[dict]) -> tuple[list[dict], list]:
         items = []
         for part in content:
             if part["type"] == "image_url":
-                data = part["image_url"]["url"].split(",", 1)[1]
-                images.append(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+                url = part["image_url"]["url"]
+                if url not in decoded:
+                    decoded[url] = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+                images.append(decoded[url])
                 items.append({"type": "image"})
             else:
                 items.append({"type": "text", "text": part["text"]})
@@ -81,11 +86,45 @@ def _text_length(request: dict) -> int:
     return total
 
 
+class _OncePerPicture:
+    """An image processor that processes each distinct picture object of a call once and gives every
+    occurrence its outputs: the same pixel values and grid, row for row, as processing them all (tested).
+    The questions of a batch that show the same map share one decoded picture (:func:`to_hf_messages`)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):  # everything but the call is the wrapped processor's
+        if name == "inner":  # not yet set (a copy being made): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, images, **kwargs):
+        import torch
+        first: dict[int, int] = {}  # picture object -> its number among the distinct pictures
+        distinct = []
+        for im in images if isinstance(images, list | tuple) else ():
+            if id(im) not in first:
+                first[id(im)] = len(distinct)
+                distinct.append(im)
+        if not distinct or len(distinct) == len(images) or kwargs.get("return_tensors") != "pt":
+            return self.inner(images, **kwargs)
+        index = [first[id(im)] for im in images]
+        out = self.inner(distinct, **kwargs)
+        if set(out) != {"pixel_values", "image_grid_thw"}:
+            return self.inner(images, **kwargs)  # outputs this wrapper does not know how to repeat
+        grid = out["image_grid_thw"]
+        chunks = out["pixel_values"].split(grid.prod(-1).tolist())
+        out["pixel_values"] = torch.cat([chunks[j] for j in index])
+        out["image_grid_thw"] = grid[index]
+        return out
+
+
 class HFChat:
     """Batched generation with a local image-text-to-text model, behind the ChatClient interface."""
 
     def __init__(self, path: str, cache_dir: Path, batch_size: int = 64, device: str = "", length_grouped: bool = True,
-                 drop_finished: bool = True, batched_vision: bool = True):
+                 drop_finished: bool = True, batched_vision: bool = True, shared_pictures: bool = True):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -98,13 +137,19 @@ class HFChat:
         self.name, self.batch_size = model_fingerprint(path), max(1, batch_size)
         self.cache = ResponseCache(cache_dir)
         self.n_requests, self.length_grouped, self.drop_finished = 0, length_grouped, drop_finished
+        self.shared_pictures = shared_pictures
+        if shared_pictures and hasattr(self.processor, "image_processor"):
+            self.processor.image_processor = _OncePerPicture(self.processor.image_processor)
 
     def _generate(self, requests: list[dict]) -> list[str]:
         import torch
-        convs, images = zip(*(to_hf_messages(r["messages"]) for r in requests))
+        decoded: dict = {}
+        convs, images = zip(*(to_hf_messages(r["messages"], decoded) for r in requests))
         texts = self.processor.apply_chat_template(list(convs), add_generation_prompt=True, tokenize=False)
         flat = [im for ims in images for im in ims]
         inputs = self.processor(text=texts, images=flat or None, padding=True, return_tensors="pt").to(self.device)
+        if self.shared_pictures and len(decoded) < len(flat):
+            inputs = self._encode_pictures_once(inputs, flat)
         temp = float(requests[0].get("temperature") or 0.0)
         sampling = {}
         if temp > 0:  # all explicit, as TRL's groups are: else transformers keeps the 50 likeliest tokens
@@ -117,6 +162,32 @@ class HFChat:
         with torch.inference_mode():
             out = self.model.generate(**inputs, max_new_tokens=int(requests[0].get("max_tokens", 256)), **decoding)
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def _encode_pictures_once(self, inputs, flat: list) -> dict:
+        """The model inputs with each distinct picture of the batch encoded once: the vision tower runs on the
+        distinct pictures and its outputs (the picture embeddings and Qwen3-VL's deepstack features) are given
+        to every question that shows the same picture, through transformers' `mm_encoder_outputs` (precomputed
+        encoder outputs). A map asked several questions in one batch is seen once. Models whose picture
+        features are not Qwen3-VL's keep `generate`'s own encoding."""
+        import torch
+        if getattr(self.model.config, "model_type", "") != "qwen3_vl" or "pixel_values" not in inputs:
+            return inputs
+        first: dict[int, int] = {}  # picture object -> its number among the distinct pictures
+        distinct, index = [], []  # where each distinct picture first appears; each picture's distinct number
+        for i, im in enumerate(flat):
+            if id(im) not in first:
+                first[id(im)] = len(distinct)
+                distinct.append(i)
+            index.append(first[id(im)])
+        grid = inputs["image_grid_thw"]
+        chunks = inputs["pixel_values"].split(grid.prod(-1).tolist())
+        with torch.inference_mode():
+            seen = self.model.get_image_features(pixel_values=torch.cat([chunks[i] for i in distinct]),
+                                                 image_grid_thw=grid[distinct], return_dict=True)
+        per_picture = type(seen)(pooler_output=tuple(seen.pooler_output[j] for j in index),
+                                 deepstack_features=[tuple(f[j] for j in index) for f in seen.deepstack_features])
+        out = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        return out | {"mm_encoder_outputs": {"image": per_picture}}
 
     def complete_many(self, requests: list[dict], desc: str = "hf", progress: bool = True) -> list[ChatResult]:
         """Answers in request order; cached ones are not generated again."""
