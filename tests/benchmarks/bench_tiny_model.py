@@ -16,9 +16,11 @@ same model on the same examples twice in this process, the old path first:
 - LoRA SFT on the run's pairs: old = TRL's collator, batches of 2 accumulated 4 times; new = `sft.TrainConfig`
   at the recipe's settings with LoRA (examples encoded once, padded per batch; 8 pairs per step in one batch);
   where the recipe trains every weight (`05_sft.lora: false`), a row for that too, against the same old path;
-- greedy answers to validation questions: old = batches of 16 in request order, plain `generate`; new = `HFChat`
-  as the stages use it (batches of `eval_batch_size`, grouped by length, each answer leaving its batch when it
-  ends: `chat.decoding`, the vision tower's attention one call per layer: `chat.vision_attention`);
+- greedy answers to validation questions (every question of whole maps, sampled as stages 06 and 07 sample
+  them; until 2026-12-08 a random sample of questions, about two per map): old = batches of 16 in request
+  order, plain `generate`; new = `HFChat` as the stages use it (batches of `eval_batch_size`, grouped by length,
+  each answer leaving its batch when it ends: `chat.decoding`, the vision tower's attention one call per layer:
+  `chat.vision_attention`, each distinct picture of a batch processed and encoded once);
 - defect-type answers as the scorer asks them (sim-to-real on 30,501 real maps, stage 07's type check,
   `wafersage-score`) on validation maps: old = whole answers; new = each stopped after the sentence that
   states the type (the labels must be the same: `same_labels_share`);
@@ -124,12 +126,13 @@ def train_rate(cfg: sft.TrainConfig, dataset) -> dict:
 
 def answer_rate(model_dir: str, rows, run_dir: Path, batch_size: int, new: bool, max_tokens: int) -> dict:
     """Greedy answers per second with an empty cache: the old path (request order, plain `generate`) or the new
-    (grouped by length, each answer leaving its batch when it ends, the pictures' attention batched)."""
+    (grouped by length, each answer leaving its batch when it ends, the pictures' attention batched, each
+    distinct picture of a batch processed and encoded once)."""
     from wafersage_utils.chat.hf_chat import HFChat
     from wafersage_utils.evaluation import inference
     with tempfile.TemporaryDirectory() as cache:
         chat = HFChat(model_dir, Path(cache), batch_size=batch_size, length_grouped=new, drop_finished=new,
-                      batched_vision=new)
+                      batched_vision=new, shared_pictures=new)
         t0 = time.perf_counter()
         answers = inference.answer_rows(chat, rows, run_dir, max_tokens, progress=False)
         dt = time.perf_counter() - t0
@@ -199,7 +202,8 @@ def row(name: str, old: dict, new: dict, flops: float, peak: float) -> dict:
     achieved = flops * new["samples_per_second"] / 1e9
     return {"path": name, "old_per_s": old["samples_per_second"], "new_per_s": new["samples_per_second"],
             "ratio": round(new["samples_per_second"] / old["samples_per_second"], 2),
-            "new_per_s_with_setup": new.get("samples_per_second_with_setup"), "mflops_per_sample": round(flops / 1e6, 1),
+            "new_per_s_with_setup": new.get("samples_per_second_with_setup"),
+            "mflops_per_sample": round(flops / 1e6, 1),
             "achieved_gflops": round(achieved, 1), "share_of_peak": round(achieved / peak, 3)}
 
 
@@ -212,7 +216,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, help="run folder with stages 01-05 done (default: a fresh smoke run)")
     ap.add_argument("--samples", type=int, default=1024, help="training examples per path and step kind")
-    ap.add_argument("--answers", type=int, default=384, help="validation questions answered per path")
+    ap.add_argument("--answers", type=int, default=384, help="validation questions answered per path (at most)")
     ap.add_argument("--out", type=Path, help="folder for bench_tiny_model.json")
     ap.add_argument("--paths", default="train,answers",
                     help="rows to measure, comma-separated: train (seeing step, SFT), answers (greedy, type, vote)")
@@ -278,11 +282,13 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1] | {"old": old, "new": full}), flush=True)
 
     if "answers" in paths:  # greedy answers, type answers, the vote
-        # Greedy answers to validation questions with the SFT model.
+        # Greedy answers to validation questions with the SFT model, sampled as stages 06 and 07 sample them:
+        # every question of whole maps (about nine per map), as many maps as fit in --answers questions.
         import pandas as pd
+
+        from wafersage_utils.evaluation.classification import sample_wafers
         vqa = pd.read_parquet(run / "data" / "vqa.parquet")
-        val = vqa[vqa["split"] == "val"]
-        asked = val.sample(n=min(args.answers, len(val)), random_state=0).reset_index(drop=True)
+        asked = sample_wafers(vqa[vqa["split"] == "val"], args.answers, 0)
         max_tokens = int(p07["eval_max_tokens"])
         old = answer_rate(merged, asked, run, 16, False, max_tokens)
         new = answer_rate(merged, asked, run, int(p07["eval_batch_size"]), True, max_tokens)
