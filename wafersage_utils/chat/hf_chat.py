@@ -86,6 +86,18 @@ def _text_length(request: dict) -> int:
     return total
 
 
+def _distinct_objects(items: list) -> tuple[list[int], list[int]]:
+    """Where each distinct object (by identity) first appears in `items`, and each item's number among them."""
+    first: dict[int, int] = {}
+    positions, index = [], []
+    for i, item in enumerate(items):
+        if id(item) not in first:
+            first[id(item)] = len(positions)
+            positions.append(i)
+        index.append(first[id(item)])
+    return positions, index
+
+
 class _OncePerPicture:
     """An image processor that processes each distinct picture object of a call once and gives every
     occurrence its outputs: the same pixel values and grid, row for row, as processing them all (tested).
@@ -101,16 +113,12 @@ class _OncePerPicture:
 
     def __call__(self, images, **kwargs):
         import torch
-        first: dict[int, int] = {}  # picture object -> its number among the distinct pictures
-        distinct = []
-        for im in images if isinstance(images, list | tuple) else ():
-            if id(im) not in first:
-                first[id(im)] = len(distinct)
-                distinct.append(im)
-        if not distinct or len(distinct) == len(images) or kwargs.get("return_tensors") != "pt":
+        if not isinstance(images, list | tuple) or kwargs.get("return_tensors") != "pt":
             return self.inner(images, **kwargs)
-        index = [first[id(im)] for im in images]
-        out = self.inner(distinct, **kwargs)
+        positions, index = _distinct_objects(list(images))
+        if len(positions) == len(images):
+            return self.inner(images, **kwargs)
+        out = self.inner([images[i] for i in positions], **kwargs)
         if set(out) != {"pixel_values", "image_grid_thw"}:
             return self.inner(images, **kwargs)  # outputs this wrapper does not know how to repeat
         grid = out["image_grid_thw"]
@@ -172,13 +180,7 @@ class HFChat:
         import torch
         if getattr(self.model.config, "model_type", "") != "qwen3_vl" or "pixel_values" not in inputs:
             return inputs
-        first: dict[int, int] = {}  # picture object -> its number among the distinct pictures
-        distinct, index = [], []  # where each distinct picture first appears; each picture's distinct number
-        for i, im in enumerate(flat):
-            if id(im) not in first:
-                first[id(im)] = len(distinct)
-                distinct.append(i)
-            index.append(first[id(im)])
+        distinct, index = _distinct_objects(flat)
         grid = inputs["image_grid_thw"]
         chunks = inputs["pixel_values"].split(grid.prod(-1).tolist())
         with torch.inference_mode():
